@@ -1,0 +1,20 @@
+//! Workload identity: SPIFFE IDs, workload certificates, CSRs, a local CA and the certificate
+//! store that keeps one fresh certificate per identity.
+
+mod certificate;
+mod csr;
+mod local_ca;
+mod spiffe;
+mod store;
+
+pub use certificate::{CertificateError, LeafInfo, WorkloadCertificate, certs_from_pem, parse_leaf};
+pub use csr::{CertificateRequest, CsrError, create_csr};
+pub use local_ca::{
+    CLOCK_SKEW_ALLOWANCE, CaError, CaLimits, DEFAULT_MAX_WORKLOAD_TTL, DEFAULT_WORKLOAD_TTL,
+    IssuedChain, LocalCa,
+};
+pub use spiffe::{MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, SpiffeId, SpiffeIdError, TrustDomain};
+pub use store::{
+    CertState, CertStore, CertificateProvider, FetchError, ProviderFuture, RefreshPolicy,
+    StoreError,
+};

@@ -1,0 +1,11 @@
+//! What ztunnel and the waypoint share: SPIFFE identities and their certificates
+//! ([`identity`]), and the mutual-TLS configurations HBONE runs on ([`tls`]).
+//!
+//! This crate knows nothing of pods, network namespaces or HTTP routing; those belong to the
+//! binaries that use it.
+
+#![warn(missing_docs)]
+
+pub mod backoff;
+pub mod identity;
+pub mod tls;
