@@ -67,7 +67,10 @@ mod tests {
         let mut base = 1.0_f64;
         for _ in 0..12 {
             let d = backoff.next_delay().as_secs_f64();
-            assert!(d >= base * 0.8 - 1e-9 && d <= base * 1.2 + 1e-9, "{d} not within 20% of {base}");
+            assert!(
+                d >= base * 0.8 - 1e-9 && d <= base * 1.2 + 1e-9,
+                "{d} not within 20% of {base}"
+            );
             base = (base * 2.0).min(150.0);
         }
         backoff.reset();

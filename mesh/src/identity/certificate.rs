@@ -178,7 +178,12 @@ impl WorkloadCertificate {
     ) -> Result<Self, CertificateError> {
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .map_err(|_| CertificateError::Pem("private key"))?;
-        Self::new(key, certs_from_pem(chain_pem)?, certs_from_pem(roots_pem)?, provider)
+        Self::new(
+            key,
+            certs_from_pem(chain_pem)?,
+            certs_from_pem(roots_pem)?,
+            provider,
+        )
     }
 
     /// The identity the certificate proves.

@@ -134,7 +134,9 @@ impl LocalCa {
         let not_after = (SystemTime::now() + validity).min(self.signer_not_after);
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(CaError::Sign)?;
         let params = ca_params(organization, "intermediate CA", not_after)?;
-        let cert = params.signed_by(&key, &self.issuer).map_err(CaError::Sign)?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(CaError::Sign)?;
         let mut intermediates = vec![cert.der().clone()];
         intermediates.extend(self.intermediates.iter().cloned());
         Ok(Self {
@@ -277,10 +279,7 @@ fn leaf_params(
     let mut params = CertificateParams::default();
     // Empty subject, so the SAN is critical (RFC 5280 §4.2.1.6), as istiod issues it.
     params.distinguished_name = DistinguishedName::new();
-    let uri = identity
-        .to_string()
-        .try_into()
-        .map_err(CaError::Sign)?;
+    let uri = identity.to_string().try_into().map_err(CaError::Sign)?;
     params.subject_alt_names = vec![SanType::URI(uri)];
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![
@@ -304,7 +303,11 @@ fn random_serial() -> SerialNumber {
     // Serials must be unpredictable (CA/Browser Forum: at least 64 bits from a CSPRNG); the
     // backend's generator only fails if the OS has no entropy, and then the fallback below still
     // keeps serials unique within the process.
-    if crate::tls::crypto_provider().secure_random.fill(&mut bytes).is_err() {
+    if crate::tls::crypto_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .is_err()
+    {
         bytes = std::array::from_fn(|_| fastrand::u8(..));
     }
     // Positive and without a leading zero octet, as RFC 5280 §4.1.2.2 wants.

@@ -7,7 +7,9 @@ mod local_ca;
 mod spiffe;
 mod store;
 
-pub use certificate::{CertificateError, LeafInfo, WorkloadCertificate, certs_from_pem, parse_leaf};
+pub use certificate::{
+    CertificateError, LeafInfo, WorkloadCertificate, certs_from_pem, parse_leaf,
+};
 pub use csr::{CertificateRequest, CsrError, create_csr};
 pub use local_ca::{
     CLOCK_SKEW_ALLOWANCE, CaError, CaLimits, DEFAULT_MAX_WORKLOAD_TTL, DEFAULT_WORKLOAD_TTL,

@@ -46,7 +46,9 @@ pub enum SpiffeIdError {
     #[error("SPIFFE ID must not carry user info")]
     UserInfo,
     /// The trust domain holds a character outside `[a-z0-9.-_]`.
-    #[error("trust domain contains {0:?}; only lower-case letters, digits, '.', '-' and '_' are allowed")]
+    #[error(
+        "trust domain contains {0:?}; only lower-case letters, digits, '.', '-' and '_' are allowed"
+    )]
     TrustDomainChar(char),
     /// A `?` anywhere: SPIFFE IDs carry no query.
     #[error("SPIFFE ID must not carry a query")]
@@ -135,7 +137,9 @@ impl SpiffeId {
         if input.contains('#') {
             return Err(SpiffeIdError::Fragment);
         }
-        let rest = input.strip_prefix(SCHEME).ok_or(SpiffeIdError::WrongScheme)?;
+        let rest = input
+            .strip_prefix(SCHEME)
+            .ok_or(SpiffeIdError::WrongScheme)?;
         let (authority, path) = match rest.find('/') {
             Some(slash) => rest.split_at(slash),
             None => (rest, ""),
@@ -271,7 +275,10 @@ mod tests {
             ("spiffe://cluster.local/ns//sa/b", E::EmptySegment),
             ("spiffe://cluster.local/ns/a/", E::EmptySegment),
             ("spiffe://cluster.local/", E::EmptySegment),
-            ("spiffe://cluster.local/ns/../sa/b", E::DotSegment("..".into())),
+            (
+                "spiffe://cluster.local/ns/../sa/b",
+                E::DotSegment("..".into()),
+            ),
             ("spiffe://cluster.local/./a", E::DotSegment(".".into())),
             ("spiffe://cluster.local/ns/a%20b", E::PathChar('%')),
             ("spiffe://cluster.local/ns/ä", E::PathChar('ä')),
@@ -285,7 +292,10 @@ mod tests {
     fn istio_form_and_principal() {
         let td = TrustDomain::parse("cluster.local").unwrap();
         let id = SpiffeId::istio(&td, "storefront", "web").unwrap();
-        assert_eq!(id.to_string(), "spiffe://cluster.local/ns/storefront/sa/web");
+        assert_eq!(
+            id.to_string(),
+            "spiffe://cluster.local/ns/storefront/sa/web"
+        );
         assert_eq!(id.principal(), "cluster.local/ns/storefront/sa/web");
         assert_eq!(id.istio_parts(), Some(("storefront", "web")));
         assert_eq!(
@@ -293,9 +303,21 @@ mod tests {
             Err(SpiffeIdError::PathChar('/')),
             "a namespace with a slash must not produce a different identity shape"
         );
-        assert_eq!(SpiffeId::istio(&td, "", "web"), Err(SpiffeIdError::EmptySegment));
-        for not_istio in ["spiffe://td", "spiffe://td/ns/a/sa", "spiffe://td/ns/a/sa/b/c", "spiffe://td/x/a/sa/b"] {
-            assert_eq!(SpiffeId::parse(not_istio).unwrap().istio_parts(), None, "{not_istio}");
+        assert_eq!(
+            SpiffeId::istio(&td, "", "web"),
+            Err(SpiffeIdError::EmptySegment)
+        );
+        for not_istio in [
+            "spiffe://td",
+            "spiffe://td/ns/a/sa",
+            "spiffe://td/ns/a/sa/b/c",
+            "spiffe://td/x/a/sa/b",
+        ] {
+            assert_eq!(
+                SpiffeId::parse(not_istio).unwrap().istio_parts(),
+                None,
+                "{not_istio}"
+            );
         }
     }
 }

@@ -74,9 +74,9 @@ pub enum StoreError {
     Unavailable {
         /// The identity asked for.
         identity: SpiffeId,
-        /// The last fetch's failure.
+        /// The last fetch's failure (shared with every caller that asked meanwhile).
         #[source]
-        cause: FetchError,
+        cause: Arc<FetchError>,
     },
     /// The held certificate expired and no replacement has arrived yet.
     #[error("certificate for {0} expired and no renewal has arrived")]
@@ -125,7 +125,7 @@ pub enum CertState {
         expires_at: Instant,
     },
     /// The last fetch failed and no valid certificate is held.
-    Unavailable(FetchError),
+    Unavailable(Arc<FetchError>),
 }
 
 struct Entry {
@@ -152,7 +152,9 @@ impl Drop for Inner {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere while holding the lock leaves a map that is still consistent (every
     // mutation is a single insert or remove), so keep serving rather than propagate the panic.
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Certificates by identity, kept fresh in the background. Cheap to clone.
@@ -263,12 +265,11 @@ async fn run_worker(
 ) {
     let mut backoff = Backoff::new(policy.backoff);
     loop {
-        let fetched = match tokio::time::timeout(policy.fetch_timeout, provider.fetch(&identity))
-            .await
-        {
-            Ok(result) => result.and_then(|cert| accept(&identity, cert, &policy)),
-            Err(_) => Err(FetchError::Timeout(policy.fetch_timeout)),
-        };
+        let fetched =
+            match tokio::time::timeout(policy.fetch_timeout, provider.fetch(&identity)).await {
+                Ok(result) => result.and_then(|cert| accept(&identity, cert, &policy)),
+                Err(_) => Err(FetchError::Timeout(policy.fetch_timeout)),
+            };
         let wait = match fetched {
             Ok((next, refresh_in)) => {
                 backoff.reset();
@@ -309,7 +310,7 @@ fn on_failure(
         None => {
             warn!(identity = %identity, error = %cause, retry_in = ?retry_in,
                 "certificate fetch failed and no valid certificate is held");
-            state.send_replace(CertState::Unavailable(cause));
+            state.send_replace(CertState::Unavailable(Arc::new(cause)));
             retry_in
         }
     }

@@ -65,7 +65,10 @@ pub enum TlsError {
 impl TlsError {
     /// Sorts a handshake's I/O error into what went wrong.
     fn from_handshake(err: io::Error) -> Self {
-        let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
+        let Some(tls) = err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+        else {
             return Self::Handshake(err);
         };
         match tls {
@@ -129,8 +132,11 @@ pub fn client_config(
     expected: Vec<SpiffeId>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = crypto_provider();
-    let verifier =
-        SpiffeServerVerifier::new(bundles, expected, provider.signature_verification_algorithms);
+    let verifier = SpiffeServerVerifier::new(
+        bundles,
+        expected,
+        provider.signature_verification_algorithms,
+    );
     let mut config = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::Config)?

@@ -40,7 +40,8 @@ pub enum VerifyError {
         /// The one this server accepts.
         want: TrustDomain,
     },
-    /// The chain does not lead to a root of the identity's trust bundle.
+    /// The chain does not lead to a root of the identity's trust bundle: its issuer is unknown,
+    /// or claims a trusted root's name without holding its key.
     #[error("peer certificate does not chain to a trusted root of {0}")]
     UnknownRoot(TrustDomain),
     /// Past `notAfter` (of the leaf or of a certificate on the path).
@@ -114,7 +115,10 @@ impl TrustBundles {
                     .map_err(|e| CertificateError::Malformed(format!("trust anchor: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.by_domain.entry(trust_domain).or_default().extend(anchors);
+        self.by_domain
+            .entry(trust_domain)
+            .or_default()
+            .extend(anchors);
         Ok(())
     }
 
@@ -158,14 +162,24 @@ fn verify_peer(
         .ok_or_else(|| VerifyError::UntrustedTrustDomain(trust_domain.clone()))?;
     let cert = EndEntityCert::try_from(end_entity)
         .map_err(|e| VerifyError::Leaf(CertificateError::Malformed(e.to_string())))?;
-    cert.verify_for_usage(algorithms.all, anchors, intermediates, now, usage, None, None)
-        .map_err(|e| match e {
-            webpki::Error::CertExpired { .. } => VerifyError::Expired,
-            webpki::Error::CertNotValidYet { .. } => VerifyError::NotYetValid,
-            webpki::Error::UnknownIssuer => VerifyError::UnknownRoot(trust_domain.clone()),
-            webpki::Error::CaUsedAsEndEntity => VerifyError::Leaf(CertificateError::LeafIsCa),
-            other => VerifyError::Chain(other.to_string()),
-        })?;
+    cert.verify_for_usage(
+        algorithms.all,
+        anchors,
+        intermediates,
+        now,
+        usage,
+        None,
+        None,
+    )
+    .map_err(|e| match e {
+        webpki::Error::CertExpired { .. } => VerifyError::Expired,
+        webpki::Error::CertNotValidYet { .. } => VerifyError::NotYetValid,
+        webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
+            VerifyError::UnknownRoot(trust_domain.clone())
+        }
+        webpki::Error::CaUsedAsEndEntity => VerifyError::Leaf(CertificateError::LeafIsCa),
+        other => VerifyError::Chain(other.to_string()),
+    })?;
     Ok(leaf.identity)
 }
 

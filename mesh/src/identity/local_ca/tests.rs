@@ -12,8 +12,12 @@ fn id(s: &str) -> SpiffeId {
 }
 
 fn root() -> LocalCa {
-    LocalCa::generate_root("cluster.local", Duration::from_secs(365 * 86400), CaLimits::default())
-        .unwrap()
+    LocalCa::generate_root(
+        "cluster.local",
+        Duration::from_secs(365 * 86400),
+        CaLimits::default(),
+    )
+    .unwrap()
 }
 
 /// A CSR that asks for an identity of its own choosing.
@@ -32,7 +36,11 @@ fn issued_leaf_has_istio_shape_and_ignores_the_csr_san() {
     let csr = csr_asking_for("spiffe://cluster.local/ns/istio-system/sa/istiod");
     let before = SystemTime::now();
     let issued = ca.sign_csr(&csr, &web, None).unwrap();
-    assert_eq!(issued.chain.len(), 1, "a root-signed leaf has no intermediates");
+    assert_eq!(
+        issued.chain.len(),
+        1,
+        "a root-signed leaf has no intermediates"
+    );
     assert_eq!(issued.roots, ca.roots());
 
     let info = parse_leaf(&issued.chain[0]).unwrap();
@@ -67,7 +75,11 @@ fn issued_leaf_has_istio_shape_and_ignores_the_csr_san() {
             _ => {}
         }
     }
-    assert_eq!(saw, (true, true, true, true), "SAN, basicConstraints, KU, EKU present");
+    assert_eq!(
+        saw,
+        (true, true, true, true),
+        "SAN, basicConstraints, KU, EKU present"
+    );
 }
 
 #[test]
@@ -127,7 +139,10 @@ fn intermediate_chain_is_leaf_first_and_clamped_to_the_signer() {
     assert!(inter.is_ca());
     let inter_not_after = SystemTime::UNIX_EPOCH
         + Duration::from_secs(u64::try_from(inter.validity().not_after.timestamp()).unwrap());
-    assert_eq!(leaf.not_after, inter_not_after, "24 h leaf clamped to the 1 h intermediate");
+    assert_eq!(
+        leaf.not_after, inter_not_after,
+        "24 h leaf clamped to the 1 h intermediate"
+    );
 }
 
 #[test]
@@ -145,8 +160,14 @@ fn loads_pem_material_and_refuses_a_non_ca_signer() {
     )
     .unwrap();
     let web = id("spiffe://cluster.local/ns/storefront/sa/web");
-    let issued = ca.sign_csr(&csr_asking_for(&web.to_string()), &web, None).unwrap();
-    assert_eq!(issued.chain.len(), 1, "signer is the root, so not repeated in the chain");
+    let issued = ca
+        .sign_csr(&csr_asking_for(&web.to_string()), &web, None)
+        .unwrap();
+    assert_eq!(
+        issued.chain.len(),
+        1,
+        "signer is the root, so not repeated in the chain"
+    );
 
     let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
     let leaf_cert = CertificateParams::default().self_signed(&leaf_key).unwrap();
@@ -159,7 +180,13 @@ fn loads_pem_material_and_refuses_a_non_ca_signer() {
     );
     assert!(matches!(refused, Err(CaError::Material(m)) if m.contains("not a CA")));
     assert!(matches!(
-        LocalCa::from_pem("junk", &key.serialize_pem(), "", &root_cert.pem(), CaLimits::default()),
+        LocalCa::from_pem(
+            "junk",
+            &key.serialize_pem(),
+            "",
+            &root_cert.pem(),
+            CaLimits::default()
+        ),
         Err(CaError::Pem(_))
     ));
 }

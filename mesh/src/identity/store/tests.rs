@@ -129,13 +129,20 @@ async fn failed_refresh_keeps_serving_then_never_serves_expired() {
     f.wait_fetches(3).await;
     assert!(start.elapsed() < TTL, "two refreshes failed before expiry");
     let served = f.store.get(&f.id).await.unwrap();
-    assert_eq!(served.leaf().serial, held.leaf().serial, "old certificate kept");
+    assert_eq!(
+        served.leaf().serial,
+        held.leaf().serial,
+        "old certificate kept"
+    );
 
     let mut state = f.store.watch(&f.id);
-    timeout(WAIT, state.wait_for(|s| matches!(s, CertState::Unavailable(_))))
-        .await
-        .expect("the store publishes the lapse")
-        .unwrap();
+    timeout(
+        WAIT,
+        state.wait_for(|s| matches!(s, CertState::Unavailable(_))),
+    )
+    .await
+    .expect("the store publishes the lapse")
+    .unwrap();
     let lapsed_after = start.elapsed();
     assert!(
         lapsed_after >= TTL - Duration::from_secs(2),
@@ -143,18 +150,24 @@ async fn failed_refresh_keeps_serving_then_never_serves_expired() {
     );
     match f.store.get(&f.id).await {
         Err(StoreError::Unavailable { cause, .. }) => {
-            assert_eq!(cause, FetchError::Unreachable("connection refused".into()));
+            assert_eq!(*cause, FetchError::Unreachable("connection refused".into()));
         }
         other => panic!("expected Unavailable, got {other:?}"),
     }
 
     // The CA comes back: the next retry restores service.
     f.ca.mode.store(ISSUE, Ordering::SeqCst);
-    timeout(WAIT, state.wait_for(|s| matches!(s, CertState::Available { .. })))
-        .await
-        .expect("recovers once the CA answers")
-        .unwrap();
-    assert_ne!(f.store.get(&f.id).await.unwrap().leaf().serial, held.leaf().serial);
+    timeout(
+        WAIT,
+        state.wait_for(|s| matches!(s, CertState::Available { .. })),
+    )
+    .await
+    .expect("recovers once the CA answers")
+    .unwrap();
+    assert_ne!(
+        f.store.get(&f.id).await.unwrap().leaf().serial,
+        held.leaf().serial
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -178,13 +191,16 @@ async fn first_fetch_failure_is_reported_and_retried_with_backoff() {
 async fn certificate_for_another_identity_is_refused() {
     let f = fixture(WRONG_IDENTITY);
     match f.store.get(&f.id).await {
-        Err(StoreError::Unavailable {
-            cause: FetchError::WrongIdentity { got, want },
-            ..
-        }) => {
-            assert_eq!(want, f.id);
-            assert_eq!(got.to_string(), "spiffe://cluster.local/ns/other/sa/mallory");
-        }
+        Err(StoreError::Unavailable { cause, .. }) => match &*cause {
+            FetchError::WrongIdentity { got, want } => {
+                assert_eq!(want, &f.id);
+                assert_eq!(
+                    got.to_string(),
+                    "spiffe://cluster.local/ns/other/sa/mallory"
+                );
+            }
+            other => panic!("expected WrongIdentity, got {other:?}"),
+        },
         other => panic!("expected WrongIdentity, got {other:?}"),
     }
 }

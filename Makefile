@@ -1,0 +1,23 @@
+# The project's entry points. `make test` is what CI runs (after installing what it needs in
+# .ci/run); `make lint` is the style gate.
+
+CARGO ?= cargo
+CARGO_FLAGS ?= --locked
+
+.PHONY: build test lint fmt clean
+
+build:
+	$(CARGO) build $(CARGO_FLAGS) --workspace --all-targets
+
+test:
+	$(CARGO) test $(CARGO_FLAGS) --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
