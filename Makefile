@@ -9,7 +9,9 @@ CARGO_FLAGS ?= --locked
 build:
 	$(CARGO) build $(CARGO_FLAGS) --workspace --all-targets
 
+# The end-to-end tests drive the built binaries, so those are built first.
 test:
+	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
 	$(CARGO) test $(CARGO_FLAGS) --workspace
 
 lint:

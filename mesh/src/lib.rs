@@ -7,5 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod backoff;
+pub mod hbone;
 pub mod identity;
+pub mod policy;
 pub mod tls;

@@ -1,0 +1,139 @@
+//! ztunnel's configuration: command-line flags, each also readable from the environment
+//! variable upstream ztunnel uses for the same meaning, so a DaemonSet's env keeps working.
+//! Parsed once at start-up and validated; a bad value stops start-up naming the knob.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Default outbound capture port.
+pub const DEFAULT_OUTBOUND: &str = "0.0.0.0:15001";
+/// Default inbound plaintext port.
+pub const DEFAULT_INBOUND_PLAINTEXT: &str = "0.0.0.0:15006";
+/// Default HBONE port.
+pub const DEFAULT_INBOUND: &str = "0.0.0.0:15008";
+
+/// The node agent of the mesh: carries captured pod traffic over HBONE.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ztunnel", version, about)]
+pub struct Config {
+    /// Workloads, services and policies from a local YAML file (upstream's local config format),
+    /// re-read when it changes.
+    #[arg(long, env = "LOCAL_XDS_PATH")]
+    pub local_xds_path: PathBuf,
+
+    /// This node's name: workloads whose `node` matches are the ones this agent serves.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+
+    /// The network this node is on (lookup keys are `network/ip`).
+    #[arg(long, env = "NETWORK", default_value = "")]
+    pub network: String,
+
+    /// Cluster id reported in baggage and used as the workload default.
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    pub cluster_id: String,
+
+    /// Listener for captured outbound connections.
+    #[arg(long, default_value = DEFAULT_OUTBOUND)]
+    pub outbound_addr: SocketAddr,
+
+    /// Listener for captured inbound plaintext connections.
+    #[arg(long, default_value = DEFAULT_INBOUND_PLAINTEXT)]
+    pub inbound_plaintext_addr: SocketAddr,
+
+    /// Listener for HBONE.
+    #[arg(long, default_value = DEFAULT_INBOUND)]
+    pub inbound_addr: SocketAddr,
+
+    /// PEM root certificate of the local CA (with --ca-key). Agents that must trust each other
+    /// share one; without it a root is generated, good for a single agent only.
+    #[arg(long, env = "LOCAL_CA_CERT", requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// PEM PKCS#8 key of the local CA root.
+    #[arg(long, env = "LOCAL_CA_KEY", requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+
+    /// How often the local config file is checked for changes.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub config_poll_interval: Duration,
+
+    /// On SIGTERM, how long open connections may take to finish before they are cut.
+    #[arg(long, env = "CONNECTION_TERMINATION_DEADLINE", default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Worker threads of the data-plane runtime.
+    #[arg(long, env = "ZTUNNEL_WORKER_THREADS", default_value_t = 2)]
+    pub worker_threads: usize,
+
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info,ztunnel::proxy=debug`).
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Parses `500ms`, `5s`, `2m`, or a bare number of seconds.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let (number, unit) = value
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((value, ""), |at| value.split_at(at));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{value:?} is not a duration like 500ms, 5s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        other => Err(format!(
+            "{value:?}: unknown unit {other:?} (use ms, s or m)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5h").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn flags_and_env_names_parse() {
+        let config = Config::try_parse_from([
+            "ztunnel",
+            "--local-xds-path",
+            "/tmp/x.yaml",
+            "--node-name",
+            "node-a",
+            "--drain-timeout",
+            "2s",
+        ])
+        .unwrap();
+        assert_eq!(config.node_name, "node-a");
+        assert_eq!(config.drain_timeout, Duration::from_secs(2));
+        assert_eq!(config.inbound_addr.port(), 15008);
+        let missing_key = Config::try_parse_from([
+            "ztunnel",
+            "--local-xds-path",
+            "x",
+            "--node-name",
+            "n",
+            "--ca-cert",
+            "c.pem",
+        ]);
+        assert!(
+            missing_key.is_err(),
+            "--ca-cert without --ca-key must be refused"
+        );
+    }
+}

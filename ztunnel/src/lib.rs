@@ -1,0 +1,9 @@
+//! The node agent: serves HBONE for the workloads it proxies, sends their outbound connections
+//! over HBONE (or plain TCP where the destination is outside the mesh), and enforces L4
+//! authorization on inbound connections.
+//!
+//! It terminates no user HTTP; that is the waypoint's job.
+
+pub mod config;
+pub mod proxy;
+pub mod state;

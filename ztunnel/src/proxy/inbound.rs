@@ -1,0 +1,186 @@
+//! Inbound HBONE (15008): the destination pod's side of a tunnel. In visible phases: find the
+//! pod the connection arrived for, prove its identity and verify the client's (mTLS), then per
+//! CONNECT stream: check the target is this pod, authorize, connect the application from the
+//! client's address, answer 200, copy.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use mesh::hbone::server::{IncomingTunnel, serve_connection};
+use mesh::hbone::{Authority, H2Settings};
+use mesh::identity::SpiffeId;
+use mesh::policy::ConnectionAttrs;
+use mesh::tls::{self, TrustBundles};
+use rustls::ServerConfig;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::error::{ConnectionError, chain};
+use super::relay::relay;
+use super::socket::{self, UpstreamSocket};
+use super::{Inputs, UPSTREAM_CONNECT_TIMEOUT, authorize, lock};
+use crate::state::Workload;
+
+/// Handles one accepted connection on 15008 until the client closes it or the proxy drains.
+pub(super) async fn handle(
+    inputs: Arc<Inputs>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    drain: CancellationToken,
+) {
+    let local = match tcp.local_addr() {
+        Ok(local) => local,
+        Err(err) => {
+            warn!(src = %peer, error = %err, "inbound connection failed: no local address");
+            return;
+        }
+    };
+    let (tls, client_id) = match handshake(&inputs, tcp, local).await {
+        Ok(done) => done,
+        Err(err) => {
+            warn!(src = %peer, dst = %local, error = %chain(&err), "inbound connection failed");
+            return;
+        }
+    };
+    let context = Arc::new(TunnelContext {
+        inputs: Arc::clone(&inputs),
+        peer,
+        local: local.ip(),
+        client_id,
+    });
+    let served = serve_connection(tls, H2Settings::server(), drain, move |tunnel| {
+        let context = Arc::clone(&context);
+        async move { context.serve_tunnel(tunnel).await }
+    })
+    .await;
+    if let Err(err) = served {
+        warn!(src = %peer, dst = %local, error = %chain(&err), "inbound HBONE connection ended with an error");
+    }
+}
+
+/// Presents the certificate of the pod at `local` and verifies the client.
+async fn handshake(
+    inputs: &Inputs,
+    tcp: TcpStream,
+    local: SocketAddr,
+) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, SpiffeId), ConnectionError> {
+    let workload = local_workload(inputs, local)?;
+    let config = server_config(inputs, &workload.identity()).await?;
+    tls::accept(config, tcp).await.map_err(ConnectionError::Tls)
+}
+
+fn local_workload(inputs: &Inputs, local: SocketAddr) -> Result<Arc<Workload>, ConnectionError> {
+    inputs
+        .directory
+        .load()
+        .workload_by_ip(&inputs.network, local.ip())
+        .filter(|w| w.node == inputs.node)
+        .ok_or(ConnectionError::UnknownDestination(local))
+}
+
+/// The TLS server configuration for `identity`, rebuilt only when its certificate changes.
+async fn server_config(
+    inputs: &Inputs,
+    identity: &SpiffeId,
+) -> Result<Arc<ServerConfig>, ConnectionError> {
+    let cert = inputs
+        .certs
+        .get(identity)
+        .await
+        .map_err(ConnectionError::Certificate)?;
+    let serial = &cert.leaf().serial;
+    if let Some((cached_serial, config)) = lock(&inputs.server_configs).get(identity)
+        && cached_serial == serial
+    {
+        return Ok(Arc::clone(config));
+    }
+    let bundles = TrustBundles::single(identity.trust_domain().clone(), cert.roots())
+        .map_err(ConnectionError::TrustBundle)?;
+    let config = tls::server_config(&cert, Arc::new(bundles)).map_err(ConnectionError::Tls)?;
+    lock(&inputs.server_configs).insert(identity.clone(), (serial.clone(), Arc::clone(&config)));
+    Ok(config)
+}
+
+struct TunnelContext {
+    inputs: Arc<Inputs>,
+    /// The HBONE connection's TCP peer: the client pod (or waypoint).
+    peer: SocketAddr,
+    /// The pod address the HBONE connection arrived on.
+    local: IpAddr,
+    client_id: SpiffeId,
+}
+
+impl TunnelContext {
+    async fn serve_tunnel(&self, tunnel: IncomingTunnel) {
+        let started = Instant::now();
+        let authority = tunnel.authority().to_string();
+        match self.open_upstream(tunnel.authority()).await {
+            Ok(mut upstream) => {
+                let mut stream = match tunnel.accept(http::HeaderMap::new()) {
+                    Ok(stream) => stream,
+                    Err(err) => {
+                        let err = ConnectionError::Respond(err);
+                        warn!(src = %self.peer, src_identity = %self.client_id, dst = %authority, error = %chain(&err), "inbound tunnel failed");
+                        return;
+                    }
+                };
+                match relay(&mut stream, &mut upstream).await {
+                    Ok(moved) => info!(
+                        src = %self.peer, src_identity = %self.client_id, dst = %authority,
+                        sent = moved.received, received = moved.sent,
+                        duration_ms = started.elapsed().as_millis(), "inbound connection complete"
+                    ),
+                    Err(err) => {
+                        let err = ConnectionError::Relay(err);
+                        warn!(src = %self.peer, src_identity = %self.client_id, dst = %authority, error = %chain(&err), "inbound tunnel failed");
+                    }
+                }
+            }
+            Err(err) => {
+                let status = err.status();
+                warn!(src = %self.peer, src_identity = %self.client_id, dst = %authority,
+                    status = status.as_u16(), error = %chain(&err), "inbound tunnel refused");
+                tunnel.reject(status);
+            }
+        }
+    }
+
+    /// Everything that must hold before the client may be told 200.
+    async fn open_upstream(&self, authority: &Authority) -> Result<TcpStream, ConnectionError> {
+        let target = match authority {
+            Authority::Addr(addr) => *addr,
+            Authority::Host { host, port } => {
+                return Err(ConnectionError::HostnameAuthority(format!("{host}:{port}")));
+            }
+        };
+        if target.ip() != self.local {
+            return Err(ConnectionError::AuthorityMismatch {
+                target,
+                local: self.local,
+            });
+        }
+        let workload = local_workload(&self.inputs, SocketAddr::new(self.local, 0))?;
+        let attrs = ConnectionAttrs {
+            source_identity: Some(self.client_id.clone()),
+            source_ip: self.peer.ip(),
+            destination_ip: target.ip(),
+            destination_port: target.port(),
+        };
+        authorize(&self.inputs, &workload, &attrs)?;
+        // The application sees the client's address, unless client and pod are the same.
+        let source = (self.peer.ip() != target.ip()).then_some(self.peer.ip());
+        let how = UpstreamSocket { mark: true, source };
+        tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, socket::connect(target, how))
+            .await
+            .map_err(|_| ConnectionError::UpstreamTimeout {
+                addr: target,
+                timeout: UPSTREAM_CONNECT_TIMEOUT,
+            })?
+            .map_err(|cause| ConnectionError::Upstream {
+                addr: target,
+                cause,
+            })
+    }
+}

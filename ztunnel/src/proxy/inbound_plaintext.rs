@@ -1,0 +1,69 @@
+//! Inbound plaintext (15006): a connection to a local pod that did not come over HBONE. It has
+//! no peer identity, so STRICT mTLS (a DENY on "no principal") refuses it; PERMISSIVE lets it
+//! through to the application, from the client's own address.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mesh::policy::ConnectionAttrs;
+use tokio::net::TcpStream;
+use tracing::{info, warn};
+
+use super::error::{ConnectionError, chain};
+use super::relay::{Transferred, relay};
+use super::socket::{self, UpstreamSocket};
+use super::{Inputs, UPSTREAM_CONNECT_TIMEOUT, authorize};
+
+/// Handles one captured plaintext connection to its end, logging the outcome once.
+pub(super) async fn handle(inputs: Arc<Inputs>, mut downstream: TcpStream, peer: SocketAddr) {
+    let started = Instant::now();
+    match proxy(&inputs, &mut downstream, peer).await {
+        Ok((dst, moved)) => info!(
+            src = %peer, dst = %dst, sent = moved.received, received = moved.sent,
+            duration_ms = started.elapsed().as_millis(), "inbound plaintext connection complete"
+        ),
+        Err(err) => {
+            warn!(src = %peer, error = %chain(&err), "inbound plaintext connection refused")
+        }
+    }
+}
+
+async fn proxy(
+    inputs: &Inputs,
+    downstream: &mut TcpStream,
+    peer: SocketAddr,
+) -> Result<(SocketAddr, Transferred), ConnectionError> {
+    let original =
+        socket::original_destination(downstream).map_err(ConnectionError::OriginalDestination)?;
+    let workload = inputs
+        .directory
+        .load()
+        .workload_by_ip(&inputs.network, original.ip())
+        .filter(|w| w.node == inputs.node)
+        .ok_or(ConnectionError::UnknownDestination(original))?;
+    let attrs = ConnectionAttrs {
+        source_identity: None,
+        source_ip: peer.ip(),
+        destination_ip: original.ip(),
+        destination_port: original.port(),
+    };
+    authorize(inputs, &workload, &attrs)?;
+    let source = (peer.ip() != original.ip()).then_some(peer.ip());
+    let how = UpstreamSocket { mark: true, source };
+    let mut upstream =
+        tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, socket::connect(original, how))
+            .await
+            .map_err(|_| ConnectionError::UpstreamTimeout {
+                addr: original,
+                timeout: UPSTREAM_CONNECT_TIMEOUT,
+            })?
+            .map_err(|cause| ConnectionError::Upstream {
+                addr: original,
+                cause,
+            })?;
+    let moved = relay(downstream, &mut upstream)
+        .await
+        .map_err(ConnectionError::Relay)?;
+    Ok((original, moved))
+}

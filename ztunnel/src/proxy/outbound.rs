@@ -1,0 +1,113 @@
+//! Outbound (15001): a captured connection from a local workload. Identify the source by its
+//! address, resolve the original destination, then tunnel over HBONE or pass through as TCP.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use mesh::hbone::Baggage;
+use mesh::hbone::headers::connect_headers;
+use mesh::hbone::pool::PoolKey;
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use super::error::{ConnectionError, chain};
+use super::relay::{Transferred, relay};
+use super::route::{Plan, plan};
+use super::socket::{self, UpstreamSocket};
+use super::{Inputs, UPSTREAM_CONNECT_TIMEOUT};
+use crate::state::Workload;
+
+/// Handles one captured outbound connection to its end, logging the outcome once.
+pub(super) async fn handle(inputs: &Inputs, mut downstream: TcpStream, peer: SocketAddr) {
+    let started = Instant::now();
+    match proxy(inputs, &mut downstream, peer).await {
+        Ok((dst, moved)) => info!(
+            src = %peer, dst = %dst, sent = moved.sent, received = moved.received,
+            duration_ms = started.elapsed().as_millis(), "outbound connection complete"
+        ),
+        Err(err) => warn!(src = %peer, error = %chain(&err), "outbound connection failed"),
+    }
+}
+
+async fn proxy(
+    inputs: &Inputs,
+    downstream: &mut TcpStream,
+    peer: SocketAddr,
+) -> Result<(SocketAddr, Transferred), ConnectionError> {
+    let original =
+        socket::original_destination(downstream).map_err(ConnectionError::OriginalDestination)?;
+    let snapshot = inputs.directory.load();
+    let source = snapshot
+        .workload_by_ip(&inputs.network, peer.ip())
+        .filter(|w| w.node == inputs.node)
+        .ok_or(ConnectionError::UnknownSource(peer.ip()))?;
+    let resolution = snapshot.resolve_destination(&inputs.network, original, Some(&source));
+    let route = plan(&resolution, original)?;
+    drop(snapshot);
+    debug!(src = %peer, dst = %original, ?route, "outbound route");
+    let moved = match route {
+        Plan::Hbone {
+            next_hop,
+            authority,
+            expected,
+            service_host,
+        } => {
+            let key = PoolKey::new(source.identity(), Some(peer.ip()), next_hop, expected);
+            let headers = connect_headers(
+                &baggage(&source, &inputs.cluster_id),
+                peer,
+                service_host.as_deref(),
+            );
+            let mut tunnel = inputs
+                .pool
+                .open(&key, &authority, headers)
+                .await
+                .map_err(ConnectionError::Tunnel)?;
+            relay(downstream, &mut tunnel)
+                .await
+                .map_err(ConnectionError::Relay)?
+        }
+        Plan::Tcp(addr) => {
+            // From the source's own address, as if the application had dialed directly.
+            let how = UpstreamSocket {
+                mark: true,
+                source: Some(peer.ip()),
+            };
+            let mut upstream =
+                tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, socket::connect(addr, how))
+                    .await
+                    .map_err(|_| ConnectionError::UpstreamTimeout {
+                        addr,
+                        timeout: UPSTREAM_CONNECT_TIMEOUT,
+                    })?
+                    .map_err(|cause| ConnectionError::Upstream { addr, cause })?;
+            relay(downstream, &mut upstream)
+                .await
+                .map_err(ConnectionError::Relay)?
+        }
+    };
+    Ok((original, moved))
+}
+
+/// The source workload as upstream describes it in `baggage`.
+pub(super) fn baggage(workload: &Workload, default_cluster: &str) -> Baggage {
+    let cluster = if workload.cluster_id.is_empty() {
+        default_cluster
+    } else {
+        &workload.cluster_id
+    };
+    Baggage {
+        cluster: cluster.to_owned(),
+        namespace: workload.namespace().to_owned(),
+        workload_type: workload.workload_type.as_str().to_owned(),
+        workload_name: if workload.workload_name.is_empty() {
+            workload.name.clone()
+        } else {
+            workload.workload_name.clone()
+        },
+        service_name: workload.canonical_name.clone(),
+        service_version: workload.canonical_revision.clone(),
+        region: workload.locality.region.clone(),
+        zone: workload.locality.zone.clone(),
+    }
+}
