@@ -238,18 +238,28 @@ impl Process {
         self.lines.lock().unwrap().clone()
     }
 
-    /// Sends SIGTERM and waits for the exit status.
-    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+    /// Sends SIGTERM without waiting.
+    pub fn send_sigterm(&self) {
         if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGTERM,
             );
         }
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
         tokio::time::timeout(WAIT, self.child.wait())
             .await
-            .unwrap_or_else(|_| panic!("{} did not exit within {WAIT:?} of SIGTERM", self.name))
+            .unwrap_or_else(|_| panic!("{} did not exit within {WAIT:?}", self.name))
             .unwrap()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        self.send_sigterm();
+        self.wait_exit().await
     }
 }
 
