@@ -159,10 +159,18 @@ impl World {
         out
     }
 
+    /// Where the config file is written.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("local.yaml")
+    }
+
     /// Writes the config and returns its path.
     pub fn write(&self) -> PathBuf {
-        let path = self.dir.join("local.yaml");
-        std::fs::write(&path, self.yaml()).unwrap();
+        let path = self.config_path();
+        // Write then rename, as a ConfigMap update does, so ztunnel never reads half a file.
+        let staging = self.dir.join("local.yaml.new");
+        std::fs::write(&staging, self.yaml()).unwrap();
+        std::fs::rename(&staging, &path).unwrap();
         path
     }
 

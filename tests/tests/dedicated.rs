@@ -338,3 +338,51 @@ fn sigterm_lets_open_connections_finish_then_exits_cleanly() {
         );
     });
 }
+
+#[test]
+fn config_changes_apply_to_new_connections_without_a_restart() {
+    in_private_netns("reload", || async {
+        let mut world = storefront("reload");
+        let api_index = world
+            .workloads
+            .iter()
+            .position(|w| w.name == "api")
+            .unwrap();
+        world.workloads[api_index]
+            .policies
+            .push(STRICT_POLICY_NAME.into());
+        let api = Server::start(at(API, 8080), Behaviour::Echo).await;
+        let mut ztunnel = world.start_ztunnel().await;
+        let refused = call(LEGACY, at(API, 8080), payload(100, 14)).await;
+        assert_refused(&refused, "plaintext while api is STRICT");
+
+        // Every workload goes PERMISSIVE: the STRICT policy is no longer attached.
+        for workload in &mut world.workloads {
+            workload.policies.retain(|p| p != STRICT_POLICY_NAME);
+        }
+        world.write();
+        ztunnel.wait_for_line("generation=2").await;
+        let data = payload(3000, 15);
+        let back = call(LEGACY, at(API, 8080), data.clone()).await.unwrap();
+        assert_eq!(
+            checksum(&back),
+            checksum(&data),
+            "plaintext passes after the change"
+        );
+
+        // A broken file is refused and the last good state keeps serving.
+        std::fs::write(world.config_path(), "workloads: [{uid: }]\n").unwrap();
+        ztunnel.wait_for_line("local config rejected").await;
+        let back = call(LEGACY, at(API, 8080), data.clone()).await.unwrap();
+        assert_eq!(
+            checksum(&back),
+            checksum(&data),
+            "last good state still serves"
+        );
+        assert_eq!(
+            api.peers().len(),
+            2,
+            "only the two permitted calls reached the app"
+        );
+    });
+}

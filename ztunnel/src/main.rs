@@ -16,7 +16,10 @@ use tracing_subscriber::EnvFilter;
 use ztunnel::config::Config;
 use ztunnel::proxy::socket::WorkloadDialer;
 use ztunnel::proxy::{Inputs, Listeners, Proxy};
-use ztunnel::state::{Directory, LocalConfig, watch_file};
+use ztunnel::state::{Directory, watch_file};
+
+/// Longest start-up waits for the first load of the local config.
+const FIRST_CONFIG_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Validity of a root generated at start-up (single-agent use only).
 const GENERATED_ROOT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -24,6 +27,8 @@ const GENERATED_ROOT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     tracing_subscriber::fmt()
+        // Colour codes only for a person at a terminal; log collectors get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             EnvFilter::try_new(&config.log).with_context(|| {
                 format!("RUST_LOG/--log {:?} is not a valid filter", config.log)
@@ -65,10 +70,9 @@ async fn run(config: Config, control: Handle) -> anyhow::Result<()> {
     let ca = local_ca(&config)?;
     let certs = CertStore::new(Arc::new(ca), RefreshPolicy::default(), control.clone());
 
-    let initial = LocalConfig::from_path(&config.local_xds_path)
-        .context("loading the local config")?
-        .into_snapshot();
-    let directory = Arc::new(Directory::new(initial));
+    // The watcher makes the first load too, so start-up and reloads share one path.
+    let directory = Arc::new(Directory::default());
+    let mut updates = directory.subscribe();
     let shutdown = CancellationToken::new();
     control.spawn(watch_file(
         config.local_xds_path.clone(),
@@ -76,6 +80,21 @@ async fn run(config: Config, control: Handle) -> anyhow::Result<()> {
         config.config_poll_interval,
         shutdown.clone(),
     ));
+    let first = tokio::time::timeout(
+        FIRST_CONFIG_TIMEOUT,
+        updates.wait_for(|s| s.generation > 0 || s.last_rejection.is_some()),
+    )
+    .await
+    .context("the local config was not loaded in time")?
+    .context("the config watcher stopped")?
+    .clone();
+    if first.generation == 0 {
+        anyhow::bail!(
+            "local config {} rejected: {}",
+            config.local_xds_path.display(),
+            first.last_rejection.as_deref().unwrap_or("unknown error")
+        );
+    }
 
     // Certificates for this node's workloads are fetched before the first connection needs them.
     for workload in directory.load().local_workloads(&config.node_name) {
