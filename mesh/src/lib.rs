@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod backoff;
+pub mod errors;
 pub mod hbone;
 pub mod identity;
 pub mod policy;

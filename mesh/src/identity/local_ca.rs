@@ -338,22 +338,9 @@ impl CertificateProvider for LocalCa {
     fn fetch<'a>(&'a self, identity: &'a SpiffeId) -> ProviderFuture<'a> {
         Box::pin(async move {
             self.issue_workload(identity, None, &crate::tls::crypto_provider())
-                .map_err(|e| FetchError::Refused(error_chain(&e)))
+                .map_err(|e| FetchError::Refused(crate::errors::chain(&e)))
         })
     }
-}
-
-/// `outer: inner: innermost`, for errors that must travel as text (to a remote peer or into a
-/// cloneable state).
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -118,14 +118,4 @@ impl ConnectionError {
     }
 }
 
-/// `err: cause: cause`, for one log field.
-pub(crate) fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use mesh::errors::chain;

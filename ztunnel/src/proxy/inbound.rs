@@ -19,8 +19,8 @@ use tracing::{info, warn};
 
 use super::error::{ConnectionError, chain};
 use super::relay::relay;
-use super::socket::{self, UpstreamSocket};
-use super::{Inputs, UPSTREAM_CONNECT_TIMEOUT, authorize, lock};
+use super::socket::UpstreamSocket;
+use super::{Inputs, authorize, connect_upstream, lock};
 use crate::state::Workload;
 
 /// Handles one accepted connection on 15008 until the client closes it or the proxy drains.
@@ -172,15 +172,6 @@ impl TunnelContext {
         // The application sees the client's address, unless client and pod are the same.
         let source = (self.peer.ip() != target.ip()).then_some(self.peer.ip());
         let how = UpstreamSocket { mark: true, source };
-        tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, socket::connect(target, how))
-            .await
-            .map_err(|_| ConnectionError::UpstreamTimeout {
-                addr: target,
-                timeout: UPSTREAM_CONNECT_TIMEOUT,
-            })?
-            .map_err(|cause| ConnectionError::Upstream {
-                addr: target,
-                cause,
-            })
+        connect_upstream(target, how).await
     }
 }

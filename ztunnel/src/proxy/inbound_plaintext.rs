@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use super::error::{ConnectionError, chain};
 use super::relay::{Transferred, relay};
 use super::socket::{self, UpstreamSocket};
-use super::{Inputs, UPSTREAM_CONNECT_TIMEOUT, authorize};
+use super::{Inputs, authorize, connect_upstream};
 
 /// Handles one captured plaintext connection to its end, logging the outcome once.
 pub(super) async fn handle(inputs: Arc<Inputs>, mut downstream: TcpStream, peer: SocketAddr) {
@@ -51,17 +51,7 @@ async fn proxy(
     authorize(inputs, &workload, &attrs)?;
     let source = (peer.ip() != original.ip()).then_some(peer.ip());
     let how = UpstreamSocket { mark: true, source };
-    let mut upstream =
-        tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, socket::connect(original, how))
-            .await
-            .map_err(|_| ConnectionError::UpstreamTimeout {
-                addr: original,
-                timeout: UPSTREAM_CONNECT_TIMEOUT,
-            })?
-            .map_err(|cause| ConnectionError::Upstream {
-                addr: original,
-                cause,
-            })?;
+    let mut upstream = connect_upstream(original, how).await?;
     let moved = relay(downstream, &mut upstream)
         .await
         .map_err(ConnectionError::Relay)?;

@@ -109,6 +109,21 @@ fn authorize(
     }
 }
 
+/// Connects to an application or plain-TCP destination, bounded by
+/// [`UPSTREAM_CONNECT_TIMEOUT`].
+async fn connect_upstream(
+    addr: SocketAddr,
+    how: socket::UpstreamSocket,
+) -> Result<TcpStream, ConnectionError> {
+    tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, socket::connect(addr, how))
+        .await
+        .map_err(|_| ConnectionError::UpstreamTimeout {
+            addr,
+            timeout: UPSTREAM_CONNECT_TIMEOUT,
+        })?
+        .map_err(|cause| ConnectionError::Upstream { addr, cause })
+}
+
 /// Where the three listeners bind.
 #[derive(Debug, Clone, Copy)]
 pub struct Listeners {

@@ -14,7 +14,7 @@ use super::error::{ConnectionError, chain};
 use super::relay::{Transferred, relay};
 use super::route::{Plan, plan};
 use super::socket::{self, UpstreamSocket};
-use super::{Inputs, UPSTREAM_CONNECT_TIMEOUT};
+use super::{Inputs, connect_upstream};
 use crate::state::Workload;
 
 /// Handles one captured outbound connection to its end, logging the outcome once.
@@ -73,14 +73,7 @@ async fn proxy(
                 mark: true,
                 source: Some(peer.ip()),
             };
-            let mut upstream =
-                tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, socket::connect(addr, how))
-                    .await
-                    .map_err(|_| ConnectionError::UpstreamTimeout {
-                        addr,
-                        timeout: UPSTREAM_CONNECT_TIMEOUT,
-                    })?
-                    .map_err(|cause| ConnectionError::Upstream { addr, cause })?;
+            let mut upstream = connect_upstream(addr, how).await?;
             relay(downstream, &mut upstream)
                 .await
                 .map_err(ConnectionError::Relay)?
