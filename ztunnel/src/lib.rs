@@ -4,6 +4,7 @@
 //!
 //! It terminates no user HTTP; that is the waypoint's job.
 
+pub mod capture;
 pub mod config;
 pub mod proxy;
 pub mod state;
