@@ -23,3 +23,12 @@ fmt:
 
 clean:
 	$(CARGO) clean
+
+# Benchmarks (as root: they create network namespaces and iptables rules): release binaries,
+# then meshbench measures direct vs ours vs upstream ztunnel in one run, prints a table and
+# writes JSON to bench/results/. Extra flags: make bench BENCH_ARGS="--window 8".
+.PHONY: bench
+BENCH_TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+bench:
+	$(CARGO) build $(CARGO_FLAGS) --release --bins
+	$(BENCH_TARGET_DIR)/release/meshbench --ztunnel $(BENCH_TARGET_DIR)/release/ztunnel $(BENCH_ARGS)
