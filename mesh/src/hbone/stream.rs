@@ -11,7 +11,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
@@ -22,6 +22,10 @@ pub struct H2Stream {
     recv: RecvStream,
     /// Received but not yet read; at most one DATA frame.
     pending: Bytes,
+    /// Staging for outgoing DATA. Once h2 has written and dropped the previous frame, its
+    /// allocation is reclaimed here, so a long transfer reuses one buffer instead of allocating
+    /// (and page-faulting) a fresh one per write.
+    outgoing: BytesMut,
     read_done: bool,
     write_done: bool,
     /// The pool's claim on a stream slot of the connection; released when the tunnel drops.
@@ -38,6 +42,7 @@ impl H2Stream {
             send,
             recv,
             pending: Bytes::new(),
+            outgoing: BytesMut::new(),
             read_done: false,
             write_done: false,
             _slot: slot,
@@ -115,9 +120,10 @@ impl AsyncWrite for H2Stream {
             }
         };
         let n = granted.min(buf.len());
-        self.send
-            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-            .map_err(to_io)?;
+        self.outgoing.reserve(n);
+        self.outgoing.extend_from_slice(&buf[..n]);
+        let chunk = self.outgoing.split().freeze();
+        self.send.send_data(chunk, false).map_err(to_io)?;
         Poll::Ready(Ok(n))
     }
 
