@@ -125,6 +125,7 @@ impl Agent {
         match flavour {
             Flavour::Ours => {
                 command
+                    .args(["--proxy-mode", "dedicated"])
                     .arg("--local-xds-path")
                     .arg(config)
                     .args(["--node-name", e2e::world::NODE]);

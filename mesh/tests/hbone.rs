@@ -132,7 +132,7 @@ impl Mesh {
             RefreshPolicy::default(),
             tokio::runtime::Handle::current(),
         );
-        Pool::new(settings, certs, Arc::new(PlainDialer))
+        Pool::new(settings, certs)
     }
 
     fn key(&self) -> PoolKey {
@@ -154,7 +154,10 @@ fn payload(len: usize) -> Vec<u8> {
 
 async fn echo_through(pool: &Pool, key: &PoolKey, data: &[u8]) -> Vec<u8> {
     let authority = Authority::Addr("10.0.0.2:8080".parse().unwrap());
-    let stream = pool.open(key, &authority, HeaderMap::new()).await.unwrap();
+    let stream = pool
+        .open(key, &authority, HeaderMap::new(), &PlainDialer)
+        .await
+        .unwrap();
     let (mut r, mut w) = tokio::io::split(stream);
     let to_send = data.to_vec();
     let writer = tokio::spawn(async move {
@@ -210,7 +213,10 @@ async fn concurrent_tunnels_share_a_bounded_number_of_connections() {
             (pool.clone(), key.clone(), data.clone(), all_open.clone());
         tasks.push(tokio::spawn(async move {
             let authority = Authority::Addr("10.0.0.2:8080".parse().unwrap());
-            let stream = pool.open(&key, &authority, HeaderMap::new()).await.unwrap();
+            let stream = pool
+                .open(&key, &authority, HeaderMap::new(), &PlainDialer)
+                .await
+                .unwrap();
             all_open.wait().await;
             let (mut r, mut w) = tokio::io::split(stream);
             w.write_all(&data).await.unwrap();
@@ -244,7 +250,10 @@ async fn refusals_reach_the_client_as_statuses() {
     let mesh = start().await;
     let pool = mesh.pool(PoolSettings::default());
     let denied = Authority::Addr("10.0.0.2:9".parse().unwrap());
-    match pool.open(&mesh.key(), &denied, HeaderMap::new()).await {
+    match pool
+        .open(&mesh.key(), &denied, HeaderMap::new(), &PlainDialer)
+        .await
+    {
         Err(PoolError::Hbone {
             cause: ClientError::Status(status),
             ..

@@ -178,6 +178,8 @@ impl World {
     pub async fn start_ztunnel(&self) -> Process {
         let config = self.write();
         let args = vec![
+            "--proxy-mode".to_owned(),
+            "dedicated".to_owned(),
             "--local-xds-path".to_owned(),
             config.display().to_string(),
             "--node-name".to_owned(),

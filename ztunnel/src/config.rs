@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+
+use crate::agent::AgentConfig;
 
 /// Default outbound capture port.
 pub const DEFAULT_OUTBOUND: &str = "0.0.0.0:15001";
@@ -15,10 +17,99 @@ pub const DEFAULT_INBOUND_PLAINTEXT: &str = "0.0.0.0:15006";
 /// Default HBONE port.
 pub const DEFAULT_INBOUND: &str = "0.0.0.0:15008";
 
+/// The command line: the proxy (no subcommand, as upstream's image runs it), or
+/// `ztunnel node-agent ...`, the standalone node agent.
+#[derive(Debug, Clone)]
+pub enum Cli {
+    /// The proxy (boxed: it dwarfs the agent's configuration).
+    Proxy(Box<Config>),
+    /// The node agent.
+    NodeAgent(AgentConfig),
+}
+
+/// `ztunnel node-agent`'s command line.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ztunnel node-agent",
+    version,
+    about = "Standalone node agent (for machines without istio-cni): installs the in-pod capture \
+             rules in each listed pod's network namespace and enrolls the pods with ztunnel over ZDS."
+)]
+struct NodeAgentCli {
+    #[command(flatten)]
+    agent: AgentConfig,
+}
+
+impl Cli {
+    /// Parses the process's arguments, exiting with clap's message on error.
+    pub fn parse() -> Self {
+        match Self::try_parse_from(std::env::args_os()) {
+            Ok(cli) => cli,
+            Err(err) => err.exit(),
+        }
+    }
+
+    /// Parses `args` (the first is the program name). The proxy's flags are all top-level, as
+    /// upstream's, so the node agent is recognised by its first word alone.
+    pub fn try_parse_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        if args.get(1).is_some_and(|first| first == "node-agent") {
+            let rest = std::iter::once(std::ffi::OsString::from("ztunnel node-agent"))
+                .chain(args.into_iter().skip(2));
+            return NodeAgentCli::try_parse_from(rest).map(|cli| Self::NodeAgent(cli.agent));
+        }
+        Config::try_parse_from(args).map(|config| Self::Proxy(Box::new(config)))
+    }
+}
+
+/// How ztunnel finds the workloads it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProxyMode {
+    /// In-pod mode (upstream's default): the node agent enrolls pods over ZDS and ztunnel
+    /// listens inside each pod's network namespace.
+    Shared,
+    /// One set of listeners in ztunnel's own namespace serves every workload of this node, told
+    /// apart by address (capture rules are installed by someone else in that namespace).
+    Dedicated,
+}
+
 /// The node agent of the mesh: carries captured pod traffic over HBONE.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "ztunnel", version, about)]
+#[command(
+    name = "ztunnel",
+    version,
+    about,
+    after_help = "Standalone node agent (instead of istio-cni): ztunnel node-agent --help"
+)]
 pub struct Config {
+    /// `shared` (in-pod, pods enrolled over ZDS) or `dedicated` (listeners in this namespace).
+    #[arg(long, env = "PROXY_MODE", value_enum, default_value = "shared")]
+    pub proxy_mode: ProxyMode,
+
+    /// The node agent's ZDS socket (in-pod mode).
+    #[arg(
+        long,
+        env = "INPOD_UDS",
+        default_value = "/var/run/ztunnel/ztunnel.sock"
+    )]
+    pub inpod_uds: PathBuf,
+
+    /// `SO_REUSEPORT` on in-pod listeners, so an upgraded ztunnel binds beside a draining one.
+    #[arg(long, env = "INPOD_PORT_REUSE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub inpod_port_reuse: bool,
+
+    /// In-pod listeners on `[::]` (dual-stack) rather than `0.0.0.0`.
+    #[arg(long, env = "IPV6_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ipv6_enabled: bool,
+
+    /// Set by upstream's chart, read by no ztunnel: accepted and ignored.
+    #[arg(long, env = "INPOD_ENABLED", hide = true)]
+    pub inpod_enabled: Option<String>,
+
     /// Workloads, services and policies from a local YAML file (upstream's local config format),
     /// re-read when it changes.
     #[arg(long, env = "LOCAL_XDS_PATH")]
@@ -36,15 +127,15 @@ pub struct Config {
     #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
     pub cluster_id: String,
 
-    /// Listener for captured outbound connections.
+    /// Listener for captured outbound connections (dedicated mode).
     #[arg(long, default_value = DEFAULT_OUTBOUND)]
     pub outbound_addr: SocketAddr,
 
-    /// Listener for captured inbound plaintext connections.
+    /// Listener for captured inbound plaintext connections (dedicated mode).
     #[arg(long, default_value = DEFAULT_INBOUND_PLAINTEXT)]
     pub inbound_plaintext_addr: SocketAddr,
 
-    /// Listener for HBONE.
+    /// Listener for HBONE (dedicated mode).
     #[arg(long, default_value = DEFAULT_INBOUND)]
     pub inbound_addr: SocketAddr,
 
@@ -122,6 +213,11 @@ mod tests {
         assert_eq!(config.node_name, "node-a");
         assert_eq!(config.drain_timeout, Duration::from_secs(2));
         assert_eq!(config.inbound_addr.port(), 15008);
+        assert_eq!(
+            config.proxy_mode,
+            ProxyMode::Shared,
+            "upstream's default mode"
+        );
         let missing_key = Config::try_parse_from([
             "ztunnel",
             "--local-xds-path",
@@ -134,6 +230,23 @@ mod tests {
         assert!(
             missing_key.is_err(),
             "--ca-cert without --ca-key must be refused"
+        );
+    }
+
+    #[test]
+    fn the_node_agent_needs_no_proxy_flags() {
+        let cli =
+            Cli::try_parse_from(["ztunnel", "node-agent", "--pods", "/etc/pods.yaml"]).unwrap();
+        let Cli::NodeAgent(agent) = cli else {
+            panic!("node-agent subcommand not recognised");
+        };
+        assert_eq!(agent.pods, PathBuf::from("/etc/pods.yaml"));
+        assert!(!agent.dns_capture, "DNS capture is off without a DNS proxy");
+        let proxy = Cli::try_parse_from(["ztunnel", "--local-xds-path", "x", "--node-name", "n"]);
+        assert!(matches!(proxy.unwrap(), Cli::Proxy(_)));
+        assert!(
+            Cli::try_parse_from(["ztunnel"]).is_err(),
+            "the proxy still needs its flags"
         );
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! It terminates no user HTTP; that is the waypoint's job.
 
+pub mod agent;
 pub mod capture;
 pub mod config;
+pub mod inpod;
 pub mod proxy;
 pub mod state;

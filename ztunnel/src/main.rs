@@ -1,21 +1,23 @@
 //! `ztunnel` binary: reads its configuration, starts two runtimes (a small one for control work
-//! — certificates, config reloads — and the data-plane one for traffic, so a slow CA or a big
-//! reload never stalls a connection), serves until SIGTERM, then drains.
+//! — certificates, config reloads, the node agent's socket — and the data-plane one for traffic,
+//! so a slow CA or a big reload never stalls a connection), serves until SIGTERM, then drains.
+//! `ztunnel node-agent` runs the standalone node agent instead.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
 use mesh::hbone::pool::{Pool, PoolSettings};
 use mesh::identity::{CaLimits, CertStore, LocalCa, RefreshPolicy};
 use tokio::runtime::Handle;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
-use ztunnel::config::Config;
-use ztunnel::proxy::socket::WorkloadDialer;
-use ztunnel::proxy::{Inputs, Listeners, Proxy};
+use ztunnel::capture::netns::HostNetns;
+use ztunnel::config::{Cli, Config, ProxyMode};
+use ztunnel::inpod::pods::PodProxies;
+use ztunnel::proxy::{Inputs, Listeners, Proxy, Scope};
 use ztunnel::state::{Directory, watch_file};
 
 /// Longest start-up waits for the first load of the local config.
@@ -25,17 +27,52 @@ const FIRST_CONFIG_TIMEOUT: Duration = Duration::from_secs(30);
 const GENERATED_ROOT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 
 fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let cli = Cli::parse();
+    let log_filter = match &cli {
+        Cli::NodeAgent(_) => std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        Cli::Proxy(config) => config.log.clone(),
+    };
     tracing_subscriber::fmt()
         // Colour codes only for a person at a terminal; log collectors get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
-            EnvFilter::try_new(&config.log).with_context(|| {
-                format!("RUST_LOG/--log {:?} is not a valid filter", config.log)
-            })?,
+            EnvFilter::try_new(&log_filter)
+                .with_context(|| format!("RUST_LOG/--log {log_filter:?} is not a valid filter"))?,
         )
         .init();
+    match cli {
+        Cli::NodeAgent(agent) => run_node_agent(agent),
+        Cli::Proxy(config) => run_proxy(*config),
+    }
+}
 
+fn run_node_agent(config: ztunnel::agent::AgentConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("node-agent")
+        .build()
+        .context("starting the node agent runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        ztunnel::agent::run(config, shutdown)
+            .await
+            .context("node agent")
+    })
+}
+
+fn run_proxy(config: Config) -> anyhow::Result<()> {
+    // Opened on the main thread before any runtime exists, so it is this process's own
+    // namespace: every thread that makes a pod's socket comes back to it.
+    let host = match config.proxy_mode {
+        ProxyMode::Shared => {
+            let host = HostNetns::open().context("in-pod mode")?;
+            host.check_can_switch()
+                .context("in-pod mode needs CAP_SYS_ADMIN to enter pod network namespaces")?;
+            Some(Arc::new(host))
+        }
+        ProxyMode::Dedicated => None,
+    };
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("ztunnel-control")
@@ -57,7 +94,7 @@ fn main() -> anyhow::Result<()> {
         .thread_name("ztunnel-data")
         .build()
         .context("starting the data-plane runtime")?;
-    let result = data.block_on(run(config, control_handle));
+    let result = data.block_on(run(config, host, control_handle));
 
     control_stop.cancel();
     if control_thread.join().is_err() {
@@ -66,7 +103,7 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
-async fn run(config: Config, control: Handle) -> anyhow::Result<()> {
+async fn run(config: Config, host: Option<Arc<HostNetns>>, control: Handle) -> anyhow::Result<()> {
     let ca = local_ca(&config)?;
     let certs = CertStore::new(Arc::new(ca), RefreshPolicy::default(), control.clone());
 
@@ -101,11 +138,7 @@ async fn run(config: Config, control: Handle) -> anyhow::Result<()> {
         certs.prefetch(&workload.identity());
     }
 
-    let pool = Pool::new(
-        PoolSettings::default(),
-        certs.clone(),
-        Arc::new(WorkloadDialer),
-    );
+    let pool = Pool::new(PoolSettings::default(), certs.clone());
     pool.spawn_reaper(shutdown.clone());
     let inputs = Arc::new(Inputs::new(
         Arc::clone(&directory),
@@ -115,22 +148,72 @@ async fn run(config: Config, control: Handle) -> anyhow::Result<()> {
         config.node_name.clone(),
         config.cluster_id.clone(),
     ));
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    match host {
+        Some(host) => serve_in_pod(&config, inputs, host, control, shutdown).await,
+        None => serve_dedicated(&config, inputs, shutdown).await,
+    }
+}
+
+/// Dedicated mode: one set of listeners in this namespace for every workload of the node.
+async fn serve_dedicated(
+    config: &Config,
+    inputs: Arc<Inputs>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let listeners = Listeners {
         outbound: config.outbound_addr,
         inbound_plaintext: config.inbound_plaintext_addr,
         inbound: config.inbound_addr,
+        reuse_port: false,
     };
-    let proxy = Proxy::bind(inputs, listeners).await?;
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    let workloads = inputs.directory.load().workload_count();
+    let proxy = Proxy::bind(inputs, Scope::Node, listeners).await?;
     info!(
         outbound = %listeners.outbound,
         inbound = %listeners.inbound,
         inbound_plaintext = %listeners.inbound_plaintext,
         node = %config.node_name,
-        workloads = directory.load().workload_count(),
+        workloads,
         "ztunnel ready"
     );
-    proxy.serve(shutdown, config.drain_timeout).await;
+    proxy
+        .serve(shutdown, config.drain_timeout, CancellationToken::new())
+        .await;
+    Ok(())
+}
+
+/// In-pod mode: pods arrive over ZDS and each gets listeners inside its own namespace. The
+/// ZDS conversation runs on the control runtime; the pod proxies on this (data) runtime.
+async fn serve_in_pod(
+    config: &Config,
+    inputs: Arc<Inputs>,
+    host: Arc<HostNetns>,
+    control: Handle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listeners = Listeners::in_pod(config.ipv6_enabled, config.inpod_port_reuse);
+    let proxies = Arc::new(PodProxies::new(
+        inputs,
+        host,
+        listeners,
+        config.drain_timeout,
+        Handle::current(),
+    ));
+    let (ready, _) = watch::channel(false);
+    info!(socket = %config.inpod_uds.display(), node = %config.node_name,
+        "ztunnel ready; waiting for the node agent to enroll pods");
+    let zds = control.spawn(ztunnel::inpod::client::run(
+        config.inpod_uds.clone(),
+        Arc::clone(&proxies),
+        ready,
+        shutdown.clone(),
+    ));
+    shutdown.cancelled().await;
+    // Stop reading ZDS first, so no pod starts while the others drain.
+    let _ = zds.await;
+    proxies.shutdown().await;
+    info!("ztunnel stopped");
     Ok(())
 }
 

@@ -34,6 +34,10 @@ pub struct PoolKey {
     pub source: SpiffeId,
     /// The address we connect from (the source workload's), when it matters.
     pub source_ip: Option<IpAddr>,
+    /// Where the socket is made, as the dialer's owner tells them apart (e.g. one value per
+    /// network namespace; 0 for the caller's own). Connections made in one place are never
+    /// handed to a tunnel that must leave from another.
+    pub origin: u64,
     /// The next hop, e.g. `10.244.1.7:15008`.
     pub destination: SocketAddr,
     /// Identities the next hop may prove; sorted and deduplicated.
@@ -53,9 +57,16 @@ impl PoolKey {
         Self {
             source,
             source_ip,
+            origin: 0,
             destination,
             expected,
         }
+    }
+
+    /// The same key for sockets made at `origin`.
+    pub fn with_origin(mut self, origin: u64) -> Self {
+        self.origin = origin;
+        self
     }
 
     /// Identities the next hop may prove.
@@ -68,8 +79,9 @@ impl PoolKey {
 pub type DialFuture<'a> = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send + 'a>>;
 
 /// Makes the TCP connection for a key: where sockets come from (a pod's network namespace, a
-/// source address, a socket mark) is the caller's business.
-pub trait Dialer: Send + Sync + 'static {
+/// source address, a socket mark) is the caller's business. Given with each open, since only
+/// the caller knows where its connection must leave from; the key's `origin` must say so.
+pub trait Dialer: Send + Sync {
     /// Connects to `key.destination`.
     fn dial<'a>(&'a self, key: &'a PoolKey) -> DialFuture<'a>;
 }
@@ -166,7 +178,6 @@ struct Entry {
 struct Inner {
     settings: PoolSettings,
     certs: CertStore,
-    dialer: Arc<dyn Dialer>,
     // Held only for map lookups and edits, never across an await.
     entries: Mutex<HashMap<PoolKey, Entry>>,
     connections_opened: AtomicU64,
@@ -187,27 +198,28 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool presenting certificates from `certs`, connecting through `dialer`.
-    pub fn new(settings: PoolSettings, certs: CertStore, dialer: Arc<dyn Dialer>) -> Self {
+    /// A pool presenting certificates from `certs`.
+    pub fn new(settings: PoolSettings, certs: CertStore) -> Self {
         Self {
             inner: Arc::new(Inner {
                 settings,
                 certs,
-                dialer,
                 entries: Mutex::new(HashMap::new()),
                 connections_opened: AtomicU64::new(0),
             }),
         }
     }
 
-    /// Opens a tunnel to `authority` through the next hop named by `key`.
+    /// Opens a tunnel to `authority` through the next hop named by `key`; `dialer` makes the
+    /// TCP connection if no pooled one has room.
     pub async fn open(
         &self,
         key: &PoolKey,
         authority: &Authority,
         headers: HeaderMap,
+        dialer: &dyn Dialer,
     ) -> Result<H2Stream, PoolError> {
-        let (conn, slot) = self.checkout_or_dial(key).await?;
+        let (conn, slot) = self.checkout_or_dial(key, dialer).await?;
         conn.open(authority, headers, Some(slot))
             .await
             .map_err(|cause| PoolError::Hbone {
@@ -273,6 +285,7 @@ impl Pool {
     async fn checkout_or_dial(
         &self,
         key: &PoolKey,
+        dialer: &dyn Dialer,
     ) -> Result<(Connection, OwnedSemaphorePermit), PoolError> {
         if let Some(found) = self.checkout(key) {
             return Ok(found);
@@ -288,7 +301,7 @@ impl Pool {
         if let Some(found) = self.checkout(key) {
             return Ok(found);
         }
-        let conn = self.dial(key).await?;
+        let conn = self.dial(key, dialer).await?;
         let slots = Arc::new(Semaphore::new(
             self.inner.settings.max_streams_per_connection.max(1),
         ));
@@ -319,7 +332,7 @@ impl Pool {
         })
     }
 
-    async fn dial(&self, key: &PoolKey) -> Result<Connection, PoolError> {
+    async fn dial(&self, key: &PoolKey, dialer: &dyn Dialer) -> Result<Connection, PoolError> {
         let addr = key.destination;
         let cert = self
             .inner
@@ -332,7 +345,7 @@ impl Pool {
         let config = tls::client_config(&cert, Arc::new(bundles), key.expected.clone())
             .map_err(PoolError::TlsConfig)?;
         let timeout = self.inner.settings.connect_timeout;
-        let tcp = tokio::time::timeout(timeout, self.inner.dialer.dial(key))
+        let tcp = tokio::time::timeout(timeout, dialer.dial(key))
             .await
             .map_err(|_| PoolError::DialTimeout { addr, timeout })?
             .map_err(|cause| PoolError::Dial { addr, cause })?;

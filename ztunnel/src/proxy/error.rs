@@ -24,6 +24,17 @@ pub enum ConnectionError {
     /// A connection for an address no local workload has.
     #[error("destination {0} is not a workload on this node")]
     UnknownDestination(SocketAddr),
+    /// An enrolled pod the config has no workload for (name, namespace and service account must
+    /// all match, on this node).
+    #[error(
+        "pod {pod} (service account {service_account}) has no workload on this node in the config"
+    )]
+    PodNotInConfig {
+        /// `namespace/name`.
+        pod: String,
+        /// Its service account.
+        service_account: String,
+    },
     /// A service VIP with no endpoint able to take the connection.
     #[error("service {service} has no healthy endpoint")]
     NoHealthyEndpoint {
@@ -101,6 +112,7 @@ impl ConnectionError {
             }
             Self::Denied(_) => StatusCode::UNAUTHORIZED,
             Self::UnknownDestination(_)
+            | Self::PodNotInConfig { .. }
             | Self::Upstream { .. }
             | Self::UpstreamTimeout { .. }
             | Self::Certificate(_)

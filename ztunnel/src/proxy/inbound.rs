@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use super::error::{ConnectionError, chain};
 use super::relay::relay;
+use super::scope::Scope;
 use super::socket::UpstreamSocket;
 use super::{Inputs, authorize, connect_upstream, lock};
 use crate::state::Workload;
@@ -26,18 +27,19 @@ use crate::state::Workload;
 /// Handles one accepted connection on 15008 until the client closes it or the proxy drains.
 pub(super) async fn handle(
     inputs: Arc<Inputs>,
+    scope: Scope,
     tcp: TcpStream,
     peer: SocketAddr,
     drain: CancellationToken,
 ) {
     let local = match tcp.local_addr() {
-        Ok(local) => local,
+        Ok(local) => super::socket::unmapped(local),
         Err(err) => {
             warn!(src = %peer, error = %err, "inbound connection failed: no local address");
             return;
         }
     };
-    let (tls, client_id) = match handshake(&inputs, tcp, local).await {
+    let (tls, client_id) = match handshake(&inputs, &scope, tcp, local).await {
         Ok(done) => done,
         Err(err) => {
             warn!(src = %peer, dst = %local, error = %chain(&err), "inbound connection failed");
@@ -46,6 +48,7 @@ pub(super) async fn handle(
     };
     let context = Arc::new(TunnelContext {
         inputs: Arc::clone(&inputs),
+        scope,
         peer,
         local: local.ip(),
         client_id,
@@ -63,21 +66,27 @@ pub(super) async fn handle(
 /// Presents the certificate of the pod at `local` and verifies the client.
 async fn handshake(
     inputs: &Inputs,
+    scope: &Scope,
     tcp: TcpStream,
     local: SocketAddr,
 ) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, SpiffeId), ConnectionError> {
-    let workload = local_workload(inputs, local)?;
+    let workload = local_workload(inputs, scope, local)?;
     let config = server_config(inputs, &workload.identity()).await?;
     tls::accept(config, tcp).await.map_err(ConnectionError::Tls)
 }
 
-fn local_workload(inputs: &Inputs, local: SocketAddr) -> Result<Arc<Workload>, ConnectionError> {
-    inputs
-        .directory
-        .load()
-        .workload_by_ip(&inputs.network, local.ip())
-        .filter(|w| w.node == inputs.node)
-        .ok_or(ConnectionError::UnknownDestination(local))
+fn local_workload(
+    inputs: &Inputs,
+    scope: &Scope,
+    local: SocketAddr,
+) -> Result<Arc<Workload>, ConnectionError> {
+    scope.workload_at(
+        &inputs.directory.load(),
+        &inputs.network,
+        &inputs.node,
+        local.ip(),
+        || ConnectionError::UnknownDestination(local),
+    )
 }
 
 /// The TLS server configuration for `identity`, rebuilt only when its certificate changes.
@@ -105,6 +114,7 @@ async fn server_config(
 
 struct TunnelContext {
     inputs: Arc<Inputs>,
+    scope: Scope,
     /// The HBONE connection's TCP peer: the client pod (or waypoint).
     peer: SocketAddr,
     /// The pod address the HBONE connection arrived on.
@@ -161,7 +171,7 @@ impl TunnelContext {
                 local: self.local,
             });
         }
-        let workload = local_workload(&self.inputs, SocketAddr::new(self.local, 0))?;
+        let workload = local_workload(&self.inputs, &self.scope, SocketAddr::new(self.local, 0))?;
         let attrs = ConnectionAttrs {
             source_identity: Some(self.client_id.clone()),
             source_ip: self.peer.ip(),
@@ -172,6 +182,6 @@ impl TunnelContext {
         // The application sees the client's address, unless client and pod are the same.
         let source = (self.peer.ip() != target.ip()).then_some(self.peer.ip());
         let how = UpstreamSocket { mark: true, source };
-        connect_upstream(target, how).await
+        connect_upstream(target, how, &self.scope.origin()).await
     }
 }

@@ -12,13 +12,19 @@ use tracing::{info, warn};
 
 use super::error::{ConnectionError, chain};
 use super::relay::{Transferred, relay};
+use super::scope::Scope;
 use super::socket::{self, UpstreamSocket};
 use super::{Inputs, authorize, connect_upstream};
 
 /// Handles one captured plaintext connection to its end, logging the outcome once.
-pub(super) async fn handle(inputs: Arc<Inputs>, mut downstream: TcpStream, peer: SocketAddr) {
+pub(super) async fn handle(
+    inputs: Arc<Inputs>,
+    scope: Scope,
+    mut downstream: TcpStream,
+    peer: SocketAddr,
+) {
     let started = Instant::now();
-    match proxy(&inputs, &mut downstream, peer).await {
+    match proxy(&inputs, &scope, &mut downstream, peer).await {
         Ok((dst, moved)) => info!(
             src = %peer, dst = %dst, sent = moved.received, received = moved.sent,
             duration_ms = started.elapsed().as_millis(), "inbound plaintext connection complete"
@@ -31,17 +37,19 @@ pub(super) async fn handle(inputs: Arc<Inputs>, mut downstream: TcpStream, peer:
 
 async fn proxy(
     inputs: &Inputs,
+    scope: &Scope,
     downstream: &mut TcpStream,
     peer: SocketAddr,
 ) -> Result<(SocketAddr, Transferred), ConnectionError> {
     let original =
         socket::original_destination(downstream).map_err(ConnectionError::OriginalDestination)?;
-    let workload = inputs
-        .directory
-        .load()
-        .workload_by_ip(&inputs.network, original.ip())
-        .filter(|w| w.node == inputs.node)
-        .ok_or(ConnectionError::UnknownDestination(original))?;
+    let workload = scope.workload_at(
+        &inputs.directory.load(),
+        &inputs.network,
+        &inputs.node,
+        original.ip(),
+        || ConnectionError::UnknownDestination(original),
+    )?;
     let attrs = ConnectionAttrs {
         source_identity: None,
         source_ip: peer.ip(),
@@ -51,7 +59,7 @@ async fn proxy(
     authorize(inputs, &workload, &attrs)?;
     let source = (peer.ip() != original.ip()).then_some(peer.ip());
     let how = UpstreamSocket { mark: true, source };
-    let mut upstream = connect_upstream(original, how).await?;
+    let mut upstream = connect_upstream(original, how, &scope.origin()).await?;
     let moved = relay(downstream, &mut upstream)
         .await
         .map_err(ConnectionError::Relay)?;

@@ -13,11 +13,12 @@ mod inbound_plaintext;
 mod outbound;
 mod relay;
 mod route;
+pub mod scope;
 pub mod socket;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use error::ConnectionError;
+pub use scope::{EnrolledPod, Scope};
 
 use crate::state::{Directory, Workload};
 
@@ -114,8 +116,9 @@ fn authorize(
 async fn connect_upstream(
     addr: SocketAddr,
     how: socket::UpstreamSocket,
+    origin: &socket::Origin,
 ) -> Result<TcpStream, ConnectionError> {
-    tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, socket::connect(addr, how))
+    tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, socket::connect(addr, how, origin))
         .await
         .map_err(|_| ConnectionError::UpstreamTimeout {
             addr,
@@ -133,6 +136,26 @@ pub struct Listeners {
     pub inbound_plaintext: SocketAddr,
     /// HBONE.
     pub inbound: SocketAddr,
+    /// `SO_REUSEPORT` on in-pod listeners.
+    pub reuse_port: bool,
+}
+
+impl Listeners {
+    /// The in-pod listeners: 15001, 15006 and 15008 on the wildcard address of the pod's
+    /// namespace (`[::]`, dual-stack, when IPv6 is enabled).
+    pub fn in_pod(ipv6: bool, reuse_port: bool) -> Self {
+        let any = if ipv6 {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        };
+        Self {
+            outbound: SocketAddr::new(any, 15001),
+            inbound_plaintext: SocketAddr::new(any, 15006),
+            inbound: SocketAddr::new(any, 15008),
+            reuse_port,
+        }
+    }
 }
 
 /// Why the proxy could not start.
@@ -154,67 +177,102 @@ pub enum StartError {
 /// A bound proxy, ready to serve.
 pub struct Proxy {
     inputs: Arc<Inputs>,
+    scope: Scope,
     outbound: TcpListener,
     inbound_plaintext: TcpListener,
     inbound: TcpListener,
 }
 
-async fn bind(role: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|cause| StartError::Bind { role, addr, cause })
-}
-
 impl Proxy {
-    /// Binds the listeners.
-    pub async fn bind(inputs: Arc<Inputs>, listeners: Listeners) -> Result<Self, StartError> {
+    /// Binds the listeners: in ztunnel's namespace for [`Scope::Node`], inside the pod's for
+    /// [`Scope::Pod`] (with `SO_REUSEPORT`, so an upgraded ztunnel can bind beside this one).
+    pub async fn bind(
+        inputs: Arc<Inputs>,
+        scope: Scope,
+        listeners: Listeners,
+    ) -> Result<Self, StartError> {
+        let bind = |role: &'static str, addr: SocketAddr| {
+            let scope = &scope;
+            async move {
+                let bound = match scope {
+                    Scope::Node => TcpListener::bind(addr).await,
+                    Scope::Pod(_) => scope.origin().listen(addr, listeners.reuse_port),
+                };
+                bound.map_err(|cause| StartError::Bind { role, addr, cause })
+            }
+        };
         Ok(Self {
             outbound: bind("outbound", listeners.outbound).await?,
             inbound_plaintext: bind("inbound plaintext", listeners.inbound_plaintext).await?,
             inbound: bind("inbound", listeners.inbound).await?,
+            scope,
             inputs,
         })
     }
 
-    /// Serves until `shutdown` fires, then drains for at most `drain_timeout`.
-    pub async fn serve(self, shutdown: CancellationToken, drain_timeout: Duration) {
+    /// Serves until `shutdown` fires; then the listeners close at once (new connections are
+    /// refused rather than queued) and open connections have `drain_timeout` to finish before
+    /// they are cut. `cut` ends every connection at once, drain or not.
+    pub async fn serve(
+        self,
+        shutdown: CancellationToken,
+        drain_timeout: Duration,
+        cut: CancellationToken,
+    ) {
         let tracker = TaskTracker::new();
-        let force = CancellationToken::new();
-        let inputs = &self.inputs;
-        let outbound = accept_loop(&self.outbound, &shutdown, &tracker, &force, |tcp, peer| {
-            let inputs = Arc::clone(inputs);
-            async move { outbound::handle(&inputs, tcp, peer).await }
+        let force = cut;
+        let Self {
+            inputs,
+            scope,
+            outbound,
+            inbound_plaintext,
+            inbound,
+        } = self;
+        let outbound = accept_loop(outbound, &shutdown, &tracker, &force, |tcp, peer| {
+            let (inputs, scope) = (Arc::clone(&inputs), scope.clone());
+            async move { outbound::handle(&inputs, &scope, tcp, peer).await }
         });
         let plaintext = accept_loop(
-            &self.inbound_plaintext,
+            inbound_plaintext,
             &shutdown,
             &tracker,
             &force,
-            |tcp, peer| inbound_plaintext::handle(Arc::clone(inputs), tcp, peer),
+            |tcp, peer| inbound_plaintext::handle(Arc::clone(&inputs), scope.clone(), tcp, peer),
         );
-        let hbone = accept_loop(&self.inbound, &shutdown, &tracker, &force, |tcp, peer| {
-            inbound::handle(Arc::clone(inputs), tcp, peer, shutdown.clone())
+        let hbone = accept_loop(inbound, &shutdown, &tracker, &force, |tcp, peer| {
+            inbound::handle(
+                Arc::clone(&inputs),
+                scope.clone(),
+                tcp,
+                peer,
+                shutdown.clone(),
+            )
         });
         tokio::join!(outbound, plaintext, hbone);
         tracker.close();
-        info!(open = tracker.len(), timeout = ?drain_timeout, "draining connections");
+        let pod = scope.pod().map(EnrolledPod::display_name);
+        if !tracker.is_empty() {
+            info!(pod, open = tracker.len(), timeout = ?drain_timeout, "draining connections");
+        }
         if tokio::time::timeout(drain_timeout, tracker.wait())
             .await
             .is_err()
         {
             warn!(
+                pod,
                 open = tracker.len(),
                 "drain timeout reached; closing remaining connections"
             );
             force.cancel();
             tracker.wait().await;
         }
-        info!("proxy stopped");
+        info!(pod, "proxy stopped");
     }
 }
 
+/// Accepts until `shutdown`, then drops the listener so the kernel refuses new connections.
 async fn accept_loop<H, Fut>(
-    listener: &TcpListener,
+    listener: TcpListener,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
     force: &CancellationToken,
@@ -231,7 +289,7 @@ async fn accept_loop<H, Fut>(
         match accepted {
             Ok((tcp, peer)) => {
                 let _ = tcp.set_nodelay(true);
-                let connection = handler(tcp, peer);
+                let connection = handler(tcp, socket::unmapped(peer));
                 let force = force.clone();
                 tracker.spawn(async move {
                     tokio::select! {

@@ -13,14 +13,20 @@ use tracing::{debug, info, warn};
 use super::error::{ConnectionError, chain};
 use super::relay::{Transferred, relay};
 use super::route::{Plan, plan};
+use super::scope::Scope;
 use super::socket::{self, UpstreamSocket};
 use super::{Inputs, connect_upstream};
 use crate::state::Workload;
 
 /// Handles one captured outbound connection to its end, logging the outcome once.
-pub(super) async fn handle(inputs: &Inputs, mut downstream: TcpStream, peer: SocketAddr) {
+pub(super) async fn handle(
+    inputs: &Inputs,
+    scope: &Scope,
+    mut downstream: TcpStream,
+    peer: SocketAddr,
+) {
     let started = Instant::now();
-    match proxy(inputs, &mut downstream, peer).await {
+    match proxy(inputs, scope, &mut downstream, peer).await {
         Ok((dst, moved)) => info!(
             src = %peer, dst = %dst, sent = moved.sent, received = moved.received,
             duration_ms = started.elapsed().as_millis(), "outbound connection complete"
@@ -31,16 +37,16 @@ pub(super) async fn handle(inputs: &Inputs, mut downstream: TcpStream, peer: Soc
 
 async fn proxy(
     inputs: &Inputs,
+    scope: &Scope,
     downstream: &mut TcpStream,
     peer: SocketAddr,
 ) -> Result<(SocketAddr, Transferred), ConnectionError> {
     let original =
         socket::original_destination(downstream).map_err(ConnectionError::OriginalDestination)?;
     let snapshot = inputs.directory.load();
-    let source = snapshot
-        .workload_by_ip(&inputs.network, peer.ip())
-        .filter(|w| w.node == inputs.node)
-        .ok_or(ConnectionError::UnknownSource(peer.ip()))?;
+    let source = scope.workload_at(&snapshot, &inputs.network, &inputs.node, peer.ip(), || {
+        ConnectionError::UnknownSource(peer.ip())
+    })?;
     let resolution = snapshot.resolve_destination(&inputs.network, original, Some(&source));
     let route = plan(&resolution, original)?;
     drop(snapshot);
@@ -52,7 +58,9 @@ async fn proxy(
             expected,
             service_host,
         } => {
-            let key = PoolKey::new(source.identity(), Some(peer.ip()), next_hop, expected);
+            let origin = scope.origin();
+            let key = PoolKey::new(source.identity(), Some(peer.ip()), next_hop, expected)
+                .with_origin(origin.pool_origin());
             let headers = connect_headers(
                 &baggage(&source, &inputs.cluster_id),
                 peer,
@@ -60,7 +68,7 @@ async fn proxy(
             );
             let mut tunnel = inputs
                 .pool
-                .open(&key, &authority, headers)
+                .open(&key, &authority, headers, &origin)
                 .await
                 .map_err(ConnectionError::Tunnel)?;
             relay(downstream, &mut tunnel)
@@ -68,12 +76,13 @@ async fn proxy(
                 .map_err(ConnectionError::Relay)?
         }
         Plan::Tcp(addr) => {
-            // From the source's own address, as if the application had dialed directly.
+            // From the source's own address, as if the application had dialed directly: inside
+            // its pod that is the natural source; in dedicated mode it is bound explicitly.
             let how = UpstreamSocket {
                 mark: true,
-                source: Some(peer.ip()),
+                source: matches!(scope, Scope::Node).then_some(peer.ip()),
             };
-            let mut upstream = connect_upstream(addr, how).await?;
+            let mut upstream = connect_upstream(addr, how, &scope.origin()).await?;
             relay(downstream, &mut upstream)
                 .await
                 .map_err(ConnectionError::Relay)?

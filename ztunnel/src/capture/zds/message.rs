@@ -4,7 +4,8 @@
 
 use prost::Message;
 use xds_proto::istio::workload::zds::{
-    Ack, Version, WorkloadRequest, WorkloadResponse, ZdsHello, workload_request, workload_response,
+    Ack, AddWorkload, DelWorkload, KeepWorkload, SnapshotSent, Version, WorkloadInfo,
+    WorkloadRequest, WorkloadResponse, ZdsHello, workload_request, workload_response,
 };
 
 /// Largest record either side reads (upstream reads into 1024-byte buffers); larger records
@@ -146,6 +147,57 @@ pub fn encode_ack(error: Option<&str>) -> Vec<u8> {
         payload: Some(workload_response::Payload::Ack(Ack { error })),
     }
     .encode_to_vec()
+}
+
+/// What the node agent sends: one request as a record (the `add`'s descriptor travels beside
+/// it). Fails if the record would exceed [`MAX_RECORD`], which the receiver would refuse.
+pub fn encode_request(request: &Request) -> Result<Vec<u8>, ReadError> {
+    let payload = match request {
+        Request::Add { uid, info } => workload_request::Payload::Add(AddWorkload {
+            uid: uid.clone(),
+            workload_info: info.as_ref().map(|i| WorkloadInfo {
+                name: i.name.clone(),
+                namespace: i.namespace.clone(),
+                service_account: i.service_account.clone(),
+            }),
+        }),
+        Request::Keep { uid } => workload_request::Payload::Keep(KeepWorkload { uid: uid.clone() }),
+        Request::Del { uid } => workload_request::Payload::Del(DelWorkload { uid: uid.clone() }),
+        Request::SnapshotSent => workload_request::Payload::SnapshotSent(SnapshotSent {}),
+    };
+    let bytes = WorkloadRequest {
+        payload: Some(payload),
+    }
+    .encode_to_vec();
+    if bytes.len() > MAX_RECORD {
+        return Err(ReadError::Truncated);
+    }
+    Ok(bytes)
+}
+
+/// Reads ztunnel's hello; returns the version it announced (upstream agents log, not check, it).
+pub fn decode_hello(record: &[u8]) -> Result<i32, ReadError> {
+    if record.is_empty() {
+        return Err(ReadError::Empty);
+    }
+    ZdsHello::decode(record)
+        .map(|hello| hello.version)
+        .map_err(|e| ReadError::Decode(e.to_string()))
+}
+
+/// Reads ztunnel's answer to a request: `Ok(None)` for success, `Ok(Some(text))` for an error
+/// ack.
+pub fn decode_ack(record: &[u8]) -> Result<Option<String>, ReadError> {
+    if record.is_empty() {
+        return Err(ReadError::Empty);
+    }
+    let response =
+        WorkloadResponse::decode(record).map_err(|e| ReadError::Decode(e.to_string()))?;
+    match response.payload {
+        Some(workload_response::Payload::Ack(ack)) if ack.error.is_empty() => Ok(None),
+        Some(workload_response::Payload::Ack(ack)) => Ok(Some(ack.error)),
+        None => Err(ReadError::NoPayload),
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,10 @@
 
 pub mod message;
 pub mod session;
+pub mod transport;
 
-pub use message::{PodInfo, ReadError, Request, decode_request, encode_ack, encode_hello};
+pub use message::{
+    PodInfo, ReadError, Request, decode_ack, decode_hello, decode_request, encode_ack,
+    encode_hello, encode_request,
+};
 pub use session::{Action, NetnsId, ProtocolError, Session};

@@ -110,3 +110,35 @@ fn refuses_records_that_break_the_rules() {
         }
     }
 }
+
+#[test]
+fn the_agent_side_encodes_what_upstream_encodes() {
+    for (name, request) in [
+        (
+            "zds-add",
+            Request::Add {
+                uid: UID.into(),
+                info: Some(PodInfo {
+                    name: "web-7d4b9-x2x1".into(),
+                    namespace: "storefront".into(),
+                    service_account: "web".into(),
+                }),
+            },
+        ),
+        ("zds-keep", Request::Keep { uid: UID.into() }),
+        ("zds-del", Request::Del { uid: UID.into() }),
+        ("zds-snapshot-sent", Request::SnapshotSent),
+    ] {
+        assert_eq!(encode_request(&request).unwrap(), golden(name), "{name}");
+    }
+    assert_eq!(decode_hello(&golden("zds-hello")), Ok(1));
+    assert_eq!(decode_ack(&golden("zds-ack-ok")), Ok(None));
+    assert_eq!(
+        decode_ack(&golden("zds-ack-error")),
+        Ok(Some("netns for uid 0b1d6e2a is gone".into()))
+    );
+    let huge = Request::Keep {
+        uid: "u".repeat(MAX_RECORD),
+    };
+    assert_eq!(encode_request(&huge), Err(ReadError::Truncated));
+}
