@@ -198,7 +198,7 @@ async fn enroll(
         Ok(netns) => Arc::new(netns),
         Err(err) => {
             if !retrying {
-                warn!(uid = %spec.uid, pod, netns = %spec.netns.display(), error = %err,
+                warn!(uid = %spec.uid, %pod, netns = %spec.netns.display(), error = %err,
                     "cannot open the pod's network namespace; announcing keep, retrying");
                 let _ = server.publish(&spec.uid, spec.info.clone(), None).await;
             }
@@ -214,16 +214,16 @@ async fn enroll(
     match installed {
         Ok(Ok(outcome)) => {
             let already = outcome == Outcome::AlreadyInPlace;
-            info!(uid = %spec.uid, pod, netns = %spec.netns.display(), already_in_place = already,
+            info!(uid = %spec.uid, %pod, netns = %spec.netns.display(), already_in_place = already,
                 "capture rules installed");
         }
         Ok(Err(err)) => {
-            error!(uid = %spec.uid, pod, error = %chain(&err),
+            error!(uid = %spec.uid, %pod, error = %chain(&err),
                 "capture rules failed; the pod is not enrolled, retrying");
             return None;
         }
         Err(join) => {
-            error!(uid = %spec.uid, pod, error = %join, "capture rules task failed; retrying");
+            error!(uid = %spec.uid, %pod, error = %join, "capture rules task failed; retrying");
             return None;
         }
     }
@@ -231,13 +231,13 @@ async fn enroll(
         .publish(&spec.uid, spec.info.clone(), Some(Arc::clone(&netns)))
         .await
     {
-        Ok(()) => info!(uid = %spec.uid, pod, via = "add", "pod enrolled"),
+        Ok(()) => info!(uid = %spec.uid, %pod, via = "add", "pod enrolled"),
         // The next ztunnel to connect gets it in its snapshot.
         Err(SendError::NoConnection) => {
-            info!(uid = %spec.uid, pod, "pod ready; waiting for ztunnel to connect")
+            info!(uid = %spec.uid, %pod, "pod ready; waiting for ztunnel to connect")
         }
         // ztunnel keeps a pod whose proxy failed and retries it itself.
-        Err(err) => warn!(uid = %spec.uid, pod, error = %err, "ztunnel has not taken the pod yet"),
+        Err(err) => warn!(uid = %spec.uid, %pod, error = %err, "ztunnel has not taken the pod yet"),
     }
     Some(Enrolled {
         spec: spec.clone(),
@@ -253,11 +253,11 @@ async fn unenroll(server: &ZdsServer, uid: &str, pod: Enrolled, backend: Backend
         let path = pod.spec.netns.clone();
         match tokio::task::spawn_blocking(move || rules::remove(&path, backend)).await {
             Ok(Ok(())) => {}
-            Ok(Err(err)) => warn!(uid, pod = name, error = %chain(&err),
+            Ok(Err(err)) => warn!(%uid, pod = %name, error = %chain(&err),
                 "removing capture rules failed (gone with the pod?)"),
-            Err(join) => warn!(uid, pod = name, error = %join, "rule removal task failed"),
+            Err(join) => warn!(%uid, pod = %name, error = %join, "rule removal task failed"),
         }
     }
     server.unpublish(uid);
-    info!(uid, pod = name, "pod un-enrolled");
+    info!(%uid, pod = %name, "pod un-enrolled");
 }

@@ -202,10 +202,10 @@ impl ZdsServer {
                 None => Request::Keep { uid: uid.clone() },
             };
             match exchange(conn, &request, pod.netns.as_deref()).await {
-                Ok(None) => info!(uid, pod = %format!("{}/{}", pod.info.namespace, pod.info.name),
+                Ok(None) => info!(%uid, pod = %format!("{}/{}", pod.info.namespace, pod.info.name),
                     via = "snapshot", "pod enrolled"),
                 Ok(Some(refusal)) => {
-                    warn!(uid, error = %refusal, "ztunnel refused a pod of the snapshot")
+                    warn!(%uid, error = %refusal, "ztunnel refused a pod of the snapshot")
                 }
                 Err(err) => return err,
             }
@@ -250,8 +250,8 @@ impl ZdsServer {
                 Job::Del { uid } => match exchange(conn, &Request::Del { uid: uid.clone() }, None)
                     .await
                 {
-                    Ok(None) => info!(uid, "ztunnel acknowledged the removal"),
-                    Ok(Some(refusal)) => warn!(uid, error = %refusal, "ztunnel refused a removal"),
+                    Ok(None) => info!(%uid, "ztunnel acknowledged the removal"),
+                    Ok(Some(refusal)) => warn!(%uid, error = %refusal, "ztunnel refused a removal"),
                     Err(err) => return err,
                 },
             }

@@ -8,7 +8,8 @@
 //! Every command runs as `nsenter --net=<netns> <program> ...`. The namespace is named by a file
 //! (a bind mount under `/var/run/netns` or `/proc/<pid>/ns/net`), and entering it in a child
 //! process keeps the threads of this process, which share one async runtime, out of foreign
-//! namespaces, with no `setns` (and no unsafe code) here.
+//! namespaces, with no `setns` (and no unsafe code) here. The functions block until the commands
+//! finish (tens of milliseconds); call them from a blocking thread, not a runtime worker.
 //!
 //! [`install`] is called again for every pod each time the agent restarts, and removing then
 //! reapplying would open a window in which new connections escape capture, that is, bypass mTLS

@@ -179,7 +179,7 @@ async fn handle(
                 let Some(fd) = netns.take() else { continue };
                 if let Err(err) = proxies.start(&uid, &info, fd).await {
                     let text = format!("failure to start proxy : {}", chain(&err));
-                    warn!(uid, pod = %format!("{}/{}", info.namespace, info.name),
+                    warn!(%uid, pod = %format!("{}/{}", info.namespace, info.name),
                         error = %text, "pod proxy did not start; will retry");
                     nack = Some(text);
                 }
@@ -203,3 +203,6 @@ fn update_ready(ready: &watch::Sender<bool>, session: &Session, pending: usize) 
 async fn ack(conn: &Connection, error: Option<&str>) -> std::io::Result<()> {
     conn.send(&encode_ack(error), None).await
 }
+
+#[cfg(test)]
+mod tests;

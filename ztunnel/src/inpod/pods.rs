@@ -138,7 +138,7 @@ impl PodProxies {
                 let info = info.clone();
                 lock(&self.pending).insert(uid.to_owned(), Pending { info, netns });
             }
-            (Err(_), Err(err)) => warn!(uid, error = %err, "cannot keep the netns for a retry"),
+            (Err(_), Err(err)) => warn!(%uid, error = %err, "cannot keep the netns for a retry"),
         }
         started
     }
@@ -179,7 +179,7 @@ impl PodProxies {
         let drain = self.drain_timeout;
         self.tasks
             .spawn_on(proxy.serve(stop, drain, cut), &self.data);
-        info!(uid, pod = %pod.display_name(), service_account = %info.service_account,
+        info!(%uid, pod = %pod.display_name(), service_account = %info.service_account,
             netns_inode = id.ino, "pod proxy started");
         Ok(())
     }
@@ -195,7 +195,7 @@ impl PodProxies {
             running.cut.cancel();
         }
         self.publish_count();
-        info!(uid, ?mode, "pod proxy stopping");
+        info!(%uid, ?mode, "pod proxy stopping");
     }
 
     /// Forgets every pending pod (a new ZDS connection re-sends what it still wants).
@@ -210,9 +210,9 @@ impl PodProxies {
             .collect();
         for (uid, pending) in waiting {
             match self.start(&uid, &pending.info, pending.netns).await {
-                Ok(()) => info!(uid, "pending pod proxy started on retry"),
+                Ok(()) => info!(%uid, "pending pod proxy started on retry"),
                 Err(err) => {
-                    warn!(uid, error = %mesh::errors::chain(&err), "pod proxy still cannot start")
+                    warn!(%uid, error = %mesh::errors::chain(&err), "pod proxy still cannot start")
                 }
             }
         }

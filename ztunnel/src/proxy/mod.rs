@@ -250,23 +250,25 @@ impl Proxy {
         });
         tokio::join!(outbound, plaintext, hbone);
         tracker.close();
-        let pod = scope.pod().map(EnrolledPod::display_name);
+        let pod = scope
+            .pod()
+            .map_or_else(|| "all".to_owned(), EnrolledPod::display_name);
         if !tracker.is_empty() {
-            info!(pod, open = tracker.len(), timeout = ?drain_timeout, "draining connections");
+            info!(%pod, open = tracker.len(), timeout = ?drain_timeout, "draining connections");
         }
         if tokio::time::timeout(drain_timeout, tracker.wait())
             .await
             .is_err()
         {
             warn!(
-                pod,
+                %pod,
                 open = tracker.len(),
                 "drain timeout reached; closing remaining connections"
             );
             force.cancel();
             tracker.wait().await;
         }
-        info!(pod, "proxy stopped");
+        info!(%pod, "proxy stopped");
     }
 }
 
