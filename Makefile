@@ -4,7 +4,7 @@
 CARGO ?= cargo
 CARGO_FLAGS ?= --locked
 
-.PHONY: build test lint fmt clean
+.PHONY: build test lint fmt clean demo
 
 build:
 	$(CARGO) build $(CARGO_FLAGS) --workspace --all-targets
@@ -13,6 +13,13 @@ build:
 test:
 	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
 	$(CARGO) test $(CARGO_FLAGS) --workspace
+
+# As root: a storefront on two nodes (network namespaces), meshed by the real node agents and
+# ztunnels, narrated step by step; everything it creates is removed at the end.
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+demo:
+	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
+	$(TARGET_DIR)/debug/demo
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -28,7 +35,6 @@ clean:
 # then meshbench measures direct vs ours vs upstream ztunnel in one run, prints a table and
 # writes JSON to bench/results/. Extra flags: make bench BENCH_ARGS="--window 8".
 .PHONY: bench
-BENCH_TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 bench:
 	$(CARGO) build $(CARGO_FLAGS) --release --bins
-	$(BENCH_TARGET_DIR)/release/meshbench --ztunnel $(BENCH_TARGET_DIR)/release/ztunnel $(BENCH_ARGS)
+	$(TARGET_DIR)/release/meshbench --ztunnel $(TARGET_DIR)/release/ztunnel $(BENCH_ARGS)

@@ -30,6 +30,12 @@ impl Server {
         let listener = TcpListener::bind(addr)
             .await
             .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        Self::serve(listener, behaviour)
+    }
+
+    /// Serves an already bound listener (e.g. one made inside a pod's namespace).
+    pub fn serve(listener: TcpListener, behaviour: Behaviour) -> Self {
+        let addr = listener.local_addr().unwrap();
         let peers = Arc::new(Mutex::new(Vec::new()));
         let seen = peers.clone();
         tokio::spawn(async move {

@@ -11,6 +11,10 @@
 #![allow(clippy::print_stdout)] // test support: child logs are forwarded for failure diagnosis
 
 pub mod apps;
+pub mod mesh;
+pub mod netns;
+pub mod pcap;
+pub mod topology;
 pub mod world;
 
 use std::future::Future;
@@ -134,18 +138,28 @@ pub fn binary(name: &str) -> PathBuf {
         return PathBuf::from(dir).join(name);
     }
     let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join(name))
-        .unwrap();
+    // A test runs from target/<profile>/deps/, a binary of this crate (the demo) from
+    // target/<profile>/: the workspace binaries sit in target/<profile>/.
+    let dir = exe.parent().unwrap();
+    let path = if dir.ends_with("deps") {
+        dir.parent().unwrap().join(name)
+    } else {
+        dir.join(name)
+    };
     assert!(
         path.exists(),
         "{} not found: build the binaries first (cargo build --workspace --bins)",
         path.display()
     );
     path
+}
+
+static ECHO_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Whether child processes' log lines are echoed to stdout (on by default: the test harness
+/// shows them for a failed test). The demo turns it off to tell its own story.
+pub fn echo_child_logs(on: bool) {
+    ECHO_LOGS.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// A running binary: its log lines are kept (and echoed for failure diagnosis), and it is
@@ -189,7 +203,9 @@ impl Process {
             tokio::spawn(async move {
                 let mut reader = BufReader::new(pipe).lines();
                 while let Ok(Some(line)) = reader.next_line().await {
-                    println!("[{tag}] {line}");
+                    if ECHO_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+                        println!("[{tag}] {line}");
+                    }
                     let count = {
                         let mut all = lines.lock().unwrap();
                         all.push(line);
@@ -209,28 +225,53 @@ impl Process {
 
     /// Waits until a log line contains `needle`; returns that line.
     pub async fn wait_for_line(&mut self, needle: &str) -> String {
-        let found = |lines: &Arc<Mutex<Vec<String>>>| {
+        self.wait_for_lines(&[needle], 1).await.remove(0)
+    }
+
+    /// Waits until `count` log lines each contain every one of `needles` (lines are written as
+    /// things finish, a moment after a client sees them finish); returns those lines. More
+    /// than `count` is not an error here: callers that need an exact number check
+    /// [`Process::count`] afterwards.
+    pub async fn wait_for_lines(&mut self, needles: &[&str], count: usize) -> Vec<String> {
+        let matching = |lines: &Arc<Mutex<Vec<String>>>| -> Vec<String> {
             lines
                 .lock()
                 .unwrap()
                 .iter()
-                .find(|l| l.contains(needle))
+                .filter(|l| needles.iter().all(|n| l.contains(n)))
                 .cloned()
+                .collect()
         };
         let lines = self.lines.clone();
         let name = self.name.clone();
         let waited = tokio::time::timeout(WAIT, async {
             loop {
-                if let Some(line) = found(&lines) {
-                    return line;
+                let found = matching(&lines);
+                if found.len() >= count {
+                    return found;
                 }
                 if self.seen.changed().await.is_err() {
-                    panic!("{name} exited before logging {needle:?}");
+                    panic!("{name} exited before logging {count} line(s) with {needles:?}");
                 }
             }
         })
         .await;
-        waited.unwrap_or_else(|_| panic!("{} did not log {needle:?} within {WAIT:?}", self.name))
+        waited.unwrap_or_else(|_| {
+            panic!(
+                "{} did not log {count} line(s) with {needles:?} within {WAIT:?}",
+                self.name
+            )
+        })
+    }
+
+    /// How many log lines so far contain every one of `needles`.
+    pub fn count(&self, needles: &[&str]) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .count()
     }
 
     /// Every log line so far.

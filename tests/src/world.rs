@@ -27,6 +27,8 @@ pub struct Workload {
     pub trust_domain: Option<String>,
     /// `(service key "ns/hostname", service port, target port)`.
     pub services: Vec<(String, u16, u16)>,
+    /// The node it runs on.
+    pub node: String,
     /// Names of policies attached by selector (`ns/name`).
     pub policies: Vec<String>,
 }
@@ -42,6 +44,7 @@ impl Workload {
             protocol: "HBONE",
             trust_domain: None,
             services: Vec::new(),
+            node: NODE.to_owned(),
             policies: Vec::new(),
         }
     }
@@ -106,18 +109,24 @@ impl World {
         }
     }
 
+    /// Where this world's files (config, sockets, logs) live.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// The local config file's text.
     pub fn yaml(&self) -> String {
         let mut out = String::from("workloads:\n");
         for w in &self.workloads {
             let _ = write!(
                 out,
-                "- uid: Kubernetes//Pod/{ns}/{name}\n  name: {name}\n  namespace: {ns}\n  serviceAccount: {sa}\n  workloadIps: [\"{ip}\"]\n  protocol: {proto}\n  node: {NODE}\n",
+                "- uid: Kubernetes//Pod/{ns}/{name}\n  name: {name}\n  namespace: {ns}\n  serviceAccount: {sa}\n  workloadIps: [\"{ip}\"]\n  protocol: {proto}\n  node: {node}\n",
                 ns = w.namespace,
                 name = w.name,
                 sa = w.service_account,
                 ip = w.ip,
                 proto = w.protocol,
+                node = w.node,
             );
             if let Some(td) = &w.trust_domain {
                 let _ = writeln!(out, "  trustDomain: {td}");

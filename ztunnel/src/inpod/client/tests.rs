@@ -103,7 +103,10 @@ impl Agent {
             .await
             .expect("ztunnel did not (re)connect")
             .unwrap();
-        let hello = tokio::time::timeout(WAIT, conn.recv()).await.unwrap().unwrap();
+        let hello = tokio::time::timeout(WAIT, conn.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(decode_hello(&hello.bytes), Ok(1), "hello first, version V1");
         conn
     }
@@ -135,14 +138,23 @@ async fn send(conn: &Connection, record: &[u8], with_fd: bool) -> Option<String>
     let netns = File::open("/proc/self/ns/net").unwrap();
     let fd = with_fd.then(|| netns.as_fd());
     conn.send(record, fd).await.unwrap();
-    let answer = tokio::time::timeout(WAIT, conn.recv()).await.unwrap().unwrap();
+    let answer = tokio::time::timeout(WAIT, conn.recv())
+        .await
+        .unwrap()
+        .unwrap();
     decode_ack(&answer.bytes).unwrap()
 }
 
 /// After a nack that ends the connection, ztunnel closes its end.
 async fn assert_closed(conn: &Connection) {
-    let next = tokio::time::timeout(WAIT, conn.recv()).await.unwrap().unwrap();
-    assert!(next.bytes.is_empty(), "ztunnel kept talking after a fatal nack");
+    let next = tokio::time::timeout(WAIT, conn.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        next.bytes.is_empty(),
+        "ztunnel kept talking after a fatal nack"
+    );
 }
 
 fn snapshot_sent() -> Vec<u8> {
@@ -157,7 +169,10 @@ async fn bad_records_cost_only_their_connection_and_other_pods_stay_up() {
     assert_eq!(send(&conn, &add("pod-a"), true).await, None);
     assert!(!*agent.ready.borrow(), "not ready before the snapshot ends");
     assert_eq!(send(&conn, &snapshot_sent(), false).await, None);
-    tokio::time::timeout(WAIT, agent.ready.wait_for(|r| *r)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, agent.ready.wait_for(|r| *r))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(agent.running(), ["pod-a"]);
 
     // Not a protobuf at all.
@@ -165,24 +180,42 @@ async fn bad_records_cost_only_their_connection_and_other_pods_stay_up() {
     assert!(nack.starts_with("failure to read message : "), "{nack}");
     assert_closed(&conn).await;
 
-    assert_eq!(agent.running(), ["pod-a"], "a bad record must not touch other pods");
+    assert_eq!(
+        agent.running(),
+        ["pod-a"],
+        "a bad record must not touch other pods"
+    );
 
     // An add without its namespace.
     let conn = agent.accept().await;
     let nack = send(&conn, &add("pod-b"), false).await.unwrap();
-    assert!(nack.contains("add for pod-b carries no netns descriptor"), "{nack}");
+    assert!(
+        nack.contains("add for pod-b carries no netns descriptor"),
+        "{nack}"
+    );
     assert_closed(&conn).await;
 
-    assert_eq!(agent.running(), ["pod-a"], "a bad record must not touch other pods");
+    assert_eq!(
+        agent.running(),
+        ["pod-a"],
+        "a bad record must not touch other pods"
+    );
 
     // A descriptor on a del.
     let conn = agent.accept().await;
-    let del = encode_request(&Request::Del { uid: "pod-a".into() }).unwrap();
+    let del = encode_request(&Request::Del {
+        uid: "pod-a".into(),
+    })
+    .unwrap();
     let nack = send(&conn, &del, true).await.unwrap();
     assert!(nack.contains("descriptor(s) on a del record"), "{nack}");
     assert_closed(&conn).await;
 
-    assert_eq!(agent.running(), ["pod-a"], "a bad record must not touch other pods");
+    assert_eq!(
+        agent.running(),
+        ["pod-a"],
+        "a bad record must not touch other pods"
+    );
 
     // A record over the size limit.
     let conn = agent.accept().await;
@@ -190,23 +223,39 @@ async fn bad_records_cost_only_their_connection_and_other_pods_stay_up() {
     assert!(nack.contains("larger than 1024 bytes"), "{nack}");
     assert_closed(&conn).await;
 
-    assert_eq!(agent.running(), ["pod-a"], "a bad record must not touch other pods");
+    assert_eq!(
+        agent.running(),
+        ["pod-a"],
+        "a bad record must not touch other pods"
+    );
 
     // Out of order: a second end of snapshot; keep after the snapshot.
     let conn = agent.accept().await;
-    let keep = encode_request(&Request::Keep { uid: "pod-a".into() }).unwrap();
+    let keep = encode_request(&Request::Keep {
+        uid: "pod-a".into(),
+    })
+    .unwrap();
     assert_eq!(send(&conn, &keep, false).await, None);
     assert_eq!(send(&conn, &snapshot_sent(), false).await, None);
     let nack = send(&conn, &snapshot_sent(), false).await.unwrap();
-    assert!(nack.starts_with("failure to process message : snapshot_sent received twice"), "{nack}");
+    assert!(
+        nack.starts_with("failure to process message : snapshot_sent received twice"),
+        "{nack}"
+    );
     assert_closed(&conn).await;
     let conn = agent.accept().await;
     assert_eq!(send(&conn, &snapshot_sent(), false).await, None);
     let nack = send(&conn, &keep, false).await.unwrap();
-    assert!(nack.contains("keep for pod-a after the snapshot ended"), "{nack}");
+    assert!(
+        nack.contains("keep for pod-a after the snapshot ended"),
+        "{nack}"
+    );
     assert_closed(&conn).await;
     // That empty snapshot did not name pod-a: reconciled away. Everything before it kept it.
-    assert!(agent.running().is_empty(), "pod-a should be stopped by the empty snapshot");
+    assert!(
+        agent.running().is_empty(),
+        "pod-a should be stopped by the empty snapshot"
+    );
 
     // After all that, ztunnel still enrolls pods normally.
     let conn = agent.accept().await;
@@ -216,7 +265,10 @@ async fn bad_records_cost_only_their_connection_and_other_pods_stay_up() {
     // Re-adding the same pod in the same namespace changes nothing.
     assert_eq!(send(&conn, &add("pod-c"), true).await, None);
     assert_eq!(agent.running(), ["pod-c"]);
-    let del = encode_request(&Request::Del { uid: "pod-c".into() }).unwrap();
+    let del = encode_request(&Request::Del {
+        uid: "pod-c".into(),
+    })
+    .unwrap();
     assert_eq!(send(&conn, &del, false).await, None);
     assert!(agent.running().is_empty());
     agent.stop.cancel();

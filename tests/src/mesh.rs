@@ -1,0 +1,277 @@
+//! The mesh on a [`Cluster`], as a DaemonSet would run it: on every node a node agent
+//! (`ztunnel node-agent`) and a ztunnel in in-pod mode, both processes in the node's namespace,
+//! talking over the node's ZDS socket; one CA root shared by all ztunnels so they trust each
+//! other; pods enrolled and un-enrolled by rewriting the node's pods file, as an operator would.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use crate::topology::{Cluster, NodeId, Pod};
+use crate::world::{Workload, World};
+use crate::{Process, binary, run};
+
+/// The workloads' config, the cluster, and the processes of each node.
+pub struct Mesh {
+    /// Namespaces and links.
+    pub cluster: Cluster,
+    /// Workloads, services and policies (the local config every ztunnel reads).
+    pub world: World,
+    agents: BTreeMap<NodeId, Process>,
+    ztunnels: BTreeMap<NodeId, Process>,
+    enrolled: BTreeMap<NodeId, BTreeSet<String>>,
+    ca: (PathBuf, PathBuf),
+}
+
+/// The ZDS uid the agent gives a pod.
+pub fn uid(pod: &Pod) -> String {
+    format!("uid-{}", pod.name())
+}
+
+impl Mesh {
+    /// An empty mesh; `test` names its namespaces and files (short: namespace names carry it).
+    pub fn new(test: &str) -> Self {
+        let world = World::new(test);
+        let (cert, key) = (world.dir().join("ca.pem"), world.dir().join("ca-key.pem"));
+        // A throwaway root for this test: ECDSA P-256, CA:true, signing certificates only.
+        run(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/O=cluster.local",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+                "-keyout",
+                &key.display().to_string(),
+                "-out",
+                &cert.display().to_string(),
+            ],
+        );
+        Self {
+            cluster: Cluster::new(test),
+            world,
+            agents: BTreeMap::new(),
+            ztunnels: BTreeMap::new(),
+            enrolled: BTreeMap::new(),
+            ca: (cert, key),
+        }
+    }
+
+    /// Adds a node.
+    pub fn add_node(&mut self, name: &str) -> NodeId {
+        self.cluster.add_node(name)
+    }
+
+    /// Adds a pod on `node` and its workload (HBONE, service account = name) to the config.
+    /// Not enrolled yet.
+    pub fn add_pod(&mut self, node: NodeId, name: &str, namespace: &str) -> Pod {
+        let pod = self.cluster.add_pod(node, name);
+        let mut workload = Workload::new(name, namespace, pod.ip());
+        workload.node = self.cluster.node(node).name().to_owned();
+        self.world.workloads.push(workload);
+        pod
+    }
+
+    /// The workload of pod `name`, to edit before [`Mesh::write_config`].
+    pub fn workload_mut(&mut self, name: &str) -> &mut Workload {
+        self.world
+            .workloads
+            .iter_mut()
+            .find(|w| w.name == name)
+            .unwrap_or_else(|| panic!("no workload {name:?}"))
+    }
+
+    /// Writes the local config every ztunnel reads (they pick up changes on their own).
+    pub fn write_config(&self) {
+        self.world.write();
+    }
+
+    fn node_name(&self, node: NodeId) -> String {
+        self.cluster.node(node).name().to_owned()
+    }
+
+    fn pods_file(&self, node: NodeId) -> PathBuf {
+        self.world
+            .dir()
+            .join(format!("pods-{}.yaml", self.node_name(node)))
+    }
+
+    /// The node's ZDS socket.
+    pub fn socket(&self, node: NodeId) -> PathBuf {
+        self.world
+            .dir()
+            .join(format!("zds-{}.sock", self.node_name(node)))
+    }
+
+    /// Adds `pod` to its node's pods file: the agent installs its rules and hands it over.
+    pub fn enroll(&mut self, pod: &Pod) {
+        self.enrolled
+            .entry(pod.node())
+            .or_default()
+            .insert(pod.name().to_owned());
+        self.write_pods(pod.node());
+    }
+
+    /// Removes `pod` from its node's pods file.
+    pub fn unenroll(&mut self, pod: &Pod) {
+        if let Some(names) = self.enrolled.get_mut(&pod.node()) {
+            names.remove(pod.name());
+        }
+        self.write_pods(pod.node());
+    }
+
+    fn write_pods(&self, node: NodeId) {
+        let mut text = String::from("pods:\n");
+        for name in self.enrolled.get(&node).into_iter().flatten() {
+            let pod = self.cluster.pod(name);
+            let workload = self
+                .world
+                .workloads
+                .iter()
+                .find(|w| &w.name == name)
+                .unwrap_or_else(|| panic!("no workload {name:?}"));
+            text.push_str(&format!(
+                "- uid: {uid}\n  name: {name}\n  namespace: {ns}\n  serviceAccount: {sa}\n  netns: {netns}\n",
+                uid = uid(pod),
+                ns = workload.namespace,
+                sa = workload.service_account,
+                netns = pod.netns().path().display(),
+            ));
+        }
+        // Write then rename, so the agent never reads half a file.
+        let path = self.pods_file(node);
+        let staging = path.with_extension("yaml.new");
+        std::fs::write(&staging, text).unwrap();
+        std::fs::rename(&staging, &path).unwrap();
+    }
+
+    /// Starts the node agent of `node` and waits until it serves its socket.
+    pub async fn start_agent(&mut self, node: NodeId) {
+        self.write_pods(node);
+        let args = vec![
+            "node-agent".to_owned(),
+            "--pods".to_owned(),
+            self.pods_file(node).display().to_string(),
+            "--ztunnel-uds-address".to_owned(),
+            self.socket(node).display().to_string(),
+            "--poll-interval".to_owned(),
+            "100ms".to_owned(),
+        ];
+        let name = format!("agent-{}", self.node_name(node));
+        let mut agent = self.spawn_in(node, &name, args);
+        agent.wait_for_line("node agent ready").await;
+        self.agents.insert(node, agent);
+    }
+
+    /// Starts the ztunnel of `node` and waits until it has applied the agent's snapshot.
+    pub async fn start_ztunnel(&mut self, node: NodeId) {
+        self.write_config();
+        let args = vec![
+            "--local-xds-path".to_owned(),
+            self.world.config_path().display().to_string(),
+            "--node-name".to_owned(),
+            self.node_name(node),
+            "--inpod-uds".to_owned(),
+            self.socket(node).display().to_string(),
+            "--ca-cert".to_owned(),
+            self.ca.0.display().to_string(),
+            "--ca-key".to_owned(),
+            self.ca.1.display().to_string(),
+            "--config-poll-interval".to_owned(),
+            "200ms".to_owned(),
+            "--drain-timeout".to_owned(),
+            "2s".to_owned(),
+        ];
+        let name = format!("ztunnel-{}", self.node_name(node));
+        let mut ztunnel = self.spawn_in(node, &name, args);
+        ztunnel
+            .wait_for_line("in-pod snapshot applied; ready")
+            .await;
+        self.ztunnels.insert(node, ztunnel);
+    }
+
+    /// Starts the agent, then ztunnel, of every node.
+    pub async fn start(&mut self) {
+        let nodes: Vec<NodeId> = self.cluster.nodes().iter().map(|n| n.id()).collect();
+        for node in nodes {
+            self.start_agent(node).await;
+            self.start_ztunnel(node).await;
+        }
+    }
+
+    fn spawn_in(&self, node: NodeId, name: &str, args: Vec<String>) -> Process {
+        let mut full = vec![
+            "netns".to_owned(),
+            "exec".to_owned(),
+            self.cluster.node(node).netns().name().to_owned(),
+            binary("ztunnel").display().to_string(),
+        ];
+        full.extend(args);
+        Process::spawn(
+            name,
+            PathBuf::from("ip"),
+            &full,
+            &[("RUST_LOG", "info,ztunnel=debug".to_owned())],
+        )
+    }
+
+    /// The ztunnel of `node`.
+    pub fn ztunnel(&mut self, node: NodeId) -> &mut Process {
+        self.ztunnels
+            .get_mut(&node)
+            .unwrap_or_else(|| panic!("no ztunnel on node {}", node.number()))
+    }
+
+    /// The node agent of `node`.
+    pub fn agent(&mut self, node: NodeId) -> &mut Process {
+        self.agents
+            .get_mut(&node)
+            .unwrap_or_else(|| panic!("no agent on node {}", node.number()))
+    }
+
+    /// Stops the ztunnel of `node` with SIGTERM and returns it (exited).
+    pub async fn stop_ztunnel(&mut self, node: NodeId) -> Process {
+        let mut ztunnel = self.ztunnels.remove(&node).unwrap();
+        let status = ztunnel.terminate().await;
+        assert!(status.success(), "ztunnel exited with {status}");
+        ztunnel
+    }
+
+    /// Stops the agent of `node` with SIGTERM and returns it (exited).
+    pub async fn stop_agent(&mut self, node: NodeId) -> Process {
+        let mut agent = self.agents.remove(&node).unwrap();
+        let status = agent.terminate().await;
+        assert!(status.success(), "node agent exited with {status}");
+        agent
+    }
+
+    /// Waits until `pod`'s ztunnel has started its proxy, after an [`Mesh::enroll`].
+    pub async fn wait_enrolled(&mut self, pod: &Pod) {
+        let needle = format!("pod proxy started uid={}", uid(pod));
+        self.ztunnel(pod.node()).wait_for_line(&needle).await;
+    }
+
+    /// Waits until the agent has taken `pod` out of the mesh, after an [`Mesh::unenroll`].
+    pub async fn wait_unenrolled(&mut self, pod: &Pod) {
+        let needle = format!("pod un-enrolled uid={}", uid(pod));
+        self.agent(pod.node()).wait_for_line(&needle).await;
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        // Processes first (killed on drop), then the namespaces they ran in.
+        self.ztunnels.clear();
+        self.agents.clear();
+    }
+}
