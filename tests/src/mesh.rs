@@ -200,6 +200,36 @@ impl Mesh {
         self.ztunnels.insert(node, ztunnel);
     }
 
+    /// Starts upstream's ztunnel (`binary`) on `node` in its in-pod mode, with its built-in test
+    /// CA (so upstream ztunnels trust each other, not ours), and waits until it has taken the
+    /// agent's snapshot.
+    pub async fn start_upstream_ztunnel(&mut self, node: NodeId, binary: &std::path::Path) {
+        self.write_config();
+        let full = vec![
+            "netns".to_owned(),
+            "exec".to_owned(),
+            self.cluster.node(node).netns().name().to_owned(),
+            binary.display().to_string(),
+        ];
+        let env = [
+            ("PROXY_MODE", "shared".to_owned()),
+            ("INPOD_UDS", self.socket(node).display().to_string()),
+            ("FAKE_CA", "true".to_owned()),
+            ("XDS_ADDRESS", String::new()),
+            (
+                "LOCAL_XDS_PATH",
+                self.world.config_path().display().to_string(),
+            ),
+            ("NODE_NAME", self.node_name(node)),
+            ("RUST_LOG", "info".to_owned()),
+        ];
+        let name = format!("upstream-{}", self.node_name(node));
+        let mut ztunnel = Process::spawn(&name, PathBuf::from("ip"), &full, &env);
+        // Its own snapshot handling, not its readiness line: that one can precede the snapshot.
+        ztunnel.wait_for_line("received snapshot sent").await;
+        self.ztunnels.insert(node, ztunnel);
+    }
+
     /// Starts the agent, then ztunnel, of every node.
     pub async fn start(&mut self) {
         let nodes: Vec<NodeId> = self.cluster.nodes().iter().map(|n| n.id()).collect();

@@ -362,3 +362,68 @@ fn a_restarted_node_agent_changes_no_rule_and_keeps_open_connections() {
         );
     });
 }
+
+/// Upstream's ztunnel, when the shared folder beside the checkout has it.
+fn upstream_ztunnel() -> Option<std::path::PathBuf> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/peers/ztunnel-upstream");
+    path.exists().then_some(path)
+}
+
+#[test]
+fn upstream_ztunnel_serves_pods_enrolled_by_our_node_agent() {
+    let Some(upstream) = upstream_ztunnel() else {
+        println!("SKIPPED: ../shared/peers/ztunnel-upstream is absent; interop not tested");
+        return;
+    };
+    run(async {
+        let mut mesh = Mesh::new("interop");
+        // Upstream's local-config parser has no `*` match; these pods need no policy.
+        mesh.world.policies.clear();
+        let (n1, n2) = (mesh.add_node("n1"), mesh.add_node("n2"));
+        let web = mesh.add_pod(n1, "web", "shop");
+        let api = mesh.add_pod(n1, "api", "shop");
+        let db = mesh.add_pod(n2, "db", "shop");
+        for pod in [&web, &api, &db] {
+            mesh.workload_mut(pod.name()).trust_domain = Some("cluster.local".into());
+            mesh.enroll(pod);
+        }
+        for node in [n1, n2] {
+            mesh.start_agent(node).await;
+            mesh.start_upstream_ztunnel(node, &upstream).await;
+        }
+        let api_server = Server::serve(api.netns().listen(api.addr(APP_PORT)), Behaviour::Echo);
+        let db_server = Server::serve(db.netns().listen(db.addr(APP_PORT)), Behaviour::Echo);
+        let dir = mesh.world.dir().to_owned();
+        let wire = Capture::start(
+            mesh.cluster.node(n1).netns(),
+            mesh.cluster.inter_node_iface(n1, n2),
+            &dir,
+        )
+        .await;
+        assert_echo(&web, api.addr(APP_PORT), 256 * 1024, "upstream, same node").await;
+        assert_echo(&web, db.addr(APP_PORT), 256 * 1024, "upstream, other node").await;
+        assert_only_hbone(&wire.stop().await, "inter-node link under upstream ztunnel");
+        for peer in api_server.peers().iter().chain(db_server.peers().iter()) {
+            assert_eq!(peer.ip(), IpAddr::V4(web.ip()), "server saw {peer}");
+        }
+        let verified = [
+            "connection complete",
+            "src.identity=\"spiffe://cluster.local/ns/shop/sa/web\"",
+            "dst.workload=\"db\"",
+        ];
+        mesh.ztunnel(n2).wait_for_lines(&verified, 1).await;
+
+        // Our agent's del reaches upstream too: its listeners leave the pod.
+        mesh.unenroll(&web);
+        mesh.wait_unenrolled(&web).await;
+        mesh.agent(n1)
+            .wait_for_line("ztunnel acknowledged the removal uid=uid-web")
+            .await;
+        let listening = web.netns().exec_output("ss", &["-Htln"]);
+        assert!(
+            !listening.contains(":15001"),
+            "upstream kept listening in an un-enrolled pod:\n{listening}"
+        );
+    });
+}
