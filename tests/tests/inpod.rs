@@ -373,7 +373,7 @@ fn upstream_ztunnel() -> Option<std::path::PathBuf> {
 #[test]
 fn upstream_ztunnel_serves_pods_enrolled_by_our_node_agent() {
     let Some(upstream) = upstream_ztunnel() else {
-        println!("SKIPPED: ../shared/peers/ztunnel-upstream is absent; interop not tested");
+        eprintln!("SKIPPED: ../shared/peers/ztunnel-upstream is absent; interop not tested");
         return;
     };
     run(async {
