@@ -20,6 +20,12 @@ pub struct Mesh {
     ztunnels: BTreeMap<NodeId, Process>,
     enrolled: BTreeMap<NodeId, BTreeSet<String>>,
     ca: (PathBuf, PathBuf),
+    /// ztunnel's `--drain-timeout` for ztunnels started from now on.
+    pub drain_timeout: &'static str,
+    /// The agents' `--unenroll-drain` (at least `drain_timeout`) for agents started from now on.
+    pub unenroll_drain: &'static str,
+    /// The agents' `--rules` engine (`iptables` or `nftables`).
+    pub rules: &'static str,
 }
 
 /// The ZDS uid the agent gives a pod.
@@ -64,6 +70,9 @@ impl Mesh {
             ztunnels: BTreeMap::new(),
             enrolled: BTreeMap::new(),
             ca: (cert, key),
+            drain_timeout: "2s",
+            unenroll_drain: "3s",
+            rules: "iptables",
         }
     }
 
@@ -166,6 +175,10 @@ impl Mesh {
             self.socket(node).display().to_string(),
             "--poll-interval".to_owned(),
             "100ms".to_owned(),
+            "--unenroll-drain".to_owned(),
+            self.unenroll_drain.to_owned(),
+            "--rules".to_owned(),
+            self.rules.to_owned(),
         ];
         let name = format!("agent-{}", self.node_name(node));
         let mut agent = self.spawn_in(node, &name, args);
@@ -190,7 +203,7 @@ impl Mesh {
             "--config-poll-interval".to_owned(),
             "200ms".to_owned(),
             "--drain-timeout".to_owned(),
-            "2s".to_owned(),
+            self.drain_timeout.to_owned(),
         ];
         let name = format!("ztunnel-{}", self.node_name(node));
         let mut ztunnel = self.spawn_in(node, &name, args);

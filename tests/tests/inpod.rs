@@ -220,6 +220,9 @@ fn plaintext_from_a_pod_outside_the_mesh_is_refused_by_strict_and_accepted_by_pe
 fn unenrolling_a_pod_restores_direct_traffic_and_closes_its_listeners() {
     run(async {
         let mut mesh = Mesh::new("unenrol");
+        // Long enough for the checks made while web's connection drains.
+        mesh.drain_timeout = "5s";
+        mesh.unenroll_drain = "6s";
         let (n1, n2) = (mesh.add_node("n1"), mesh.add_node("n2"));
         let web = mesh.add_pod(n1, "web", "shop");
         let api = mesh.add_pod(n2, "api", "shop");
@@ -228,21 +231,67 @@ fn unenrolling_a_pod_restores_direct_traffic_and_closes_its_listeners() {
         mesh.start().await;
         let _api = Server::serve(api.netns().listen(api.addr(APP_PORT)), Behaviour::Echo);
         assert_echo(&web, api.addr(APP_PORT), 4096, "enrolled").await;
+        let mut open = timeout(WAIT, web.netns().connect(api.addr(APP_PORT)))
+            .await
+            .unwrap()
+            .unwrap();
+        timeout(WAIT, echo_on(&mut open, 1)).await.unwrap();
 
         mesh.unenroll(&web);
         mesh.wait_unenrolled(&web).await;
+        // Listeners close at once; the open connection drains.
         mesh.ztunnel(n1)
-            .wait_for_line("proxy stopped pod=shop/web")
+            .wait_for_line("draining connections pod=shop/web")
             .await;
         let listening = web.netns().exec_output("ss", &["-Htln"]);
         assert!(
             !listening.contains(":15001") && !listening.contains(":15008"),
             "web's namespace still has ztunnel listeners:\n{listening}"
         );
+        let redirects = web.netns().exec_output("iptables-save", &["-t", "nat"]);
+        assert!(
+            !redirects.contains("ISTIO_"),
+            "web is still captured:\n{redirects}"
+        );
+        // The open connection keeps flowing while it drains...
+        timeout(WAIT, echo_on(&mut open, 2)).await.unwrap();
+        // ...within a bound: at the drain timeout it is closed.
+        mesh.ztunnel(n1)
+            .wait_for_line("drain timeout reached; closing remaining connections pod=shop/web")
+            .await;
+        let mut rest = Vec::new();
+        let ended = timeout(WAIT, open.read_to_end(&mut rest)).await;
+        assert!(ended.is_ok(), "the drained connection was never closed");
+        mesh.ztunnel(n1)
+            .wait_for_line("proxy stopped pod=shop/web")
+            .await;
+        // Then the rules it needed go too.
+        mesh.agent(n1)
+            .wait_for_line("drain over; remaining capture rules removed uid=uid-web")
+            .await;
         let rules = web.netns().exec_output("iptables-save", &[]);
         assert!(
             !rules.contains("ISTIO_"),
             "capture rules left in web:\n{rules}"
+        );
+        let routes = web.netns().exec_output("ip", &["rule"]);
+        assert!(
+            !routes.contains("0x111"),
+            "policy route left in web:\n{routes}"
+        );
+        // Then the rules it needed go too.
+        mesh.agent(n1)
+            .wait_for_line("drain over; remaining capture rules removed uid=uid-web")
+            .await;
+        let rules = web.netns().exec_output("iptables-save", &[]);
+        assert!(
+            !rules.contains("ISTIO_"),
+            "capture rules left in web:\n{rules}"
+        );
+        let routes = web.netns().exec_output("ip", &["rule"]);
+        assert!(
+            !routes.contains("0x111"),
+            "policy route left in web:\n{routes}"
         );
 
         let dir = mesh.world.dir().to_owned();
@@ -360,6 +409,49 @@ fn a_restarted_node_agent_changes_no_rule_and_keeps_open_connections() {
             1,
             "the re-sent snapshot did not restart web's proxy"
         );
+    });
+}
+
+#[test]
+fn nftables_rules_capture_like_iptables_and_leave_nothing_behind() {
+    run(async {
+        let mut mesh = Mesh::new("nft");
+        mesh.rules = "nftables";
+        let (n1, n2) = (mesh.add_node("n1"), mesh.add_node("n2"));
+        let web = mesh.add_pod(n1, "web", "shop");
+        let api = mesh.add_pod(n2, "api", "shop");
+        mesh.enroll(&web);
+        mesh.enroll(&api);
+        mesh.start().await;
+        let tables = web.netns().exec_output("nft", &["list", "tables"]);
+        assert!(tables.contains("istio-ambient-nat"), "{tables}");
+        let legacy = web.netns().exec_output("iptables-save", &[]);
+        assert!(
+            !legacy.contains("ISTIO_"),
+            "iptables rules with --rules nftables:\n{legacy}"
+        );
+        let api_server = Server::serve(api.netns().listen(api.addr(APP_PORT)), Behaviour::Echo);
+        let dir = mesh.world.dir().to_owned();
+        let wire = Capture::start(
+            mesh.cluster.node(n1).netns(),
+            mesh.cluster.inter_node_iface(n1, n2),
+            &dir,
+        )
+        .await;
+        assert_echo(&web, api.addr(APP_PORT), 256 * 1024, "nftables capture").await;
+        assert_only_hbone(&wire.stop().await, "inter-node link (nftables)");
+        assert_eq!(api_server.peers()[0].ip(), IpAddr::V4(web.ip()));
+
+        mesh.unenroll(&web);
+        mesh.agent(n1)
+            .wait_for_line("drain over; remaining capture rules removed uid=uid-web")
+            .await;
+        let tables = web.netns().exec_output("nft", &["list", "tables"]);
+        assert!(
+            !tables.contains("istio-ambient"),
+            "tables left behind:\n{tables}"
+        );
+        assert_echo(&web, api.addr(APP_PORT), 4096, "direct after un-enrolling").await;
     });
 }
 

@@ -19,6 +19,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use clap::ValueEnum;
 use mesh::errors::chain;
 use tokio_util::sync::CancellationToken;
@@ -77,6 +79,11 @@ pub struct AgentConfig {
     #[arg(long, env = "IPV6_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub ipv6: bool,
 
+    /// After a pod is un-enrolled, how long the rules its open connections still need (connmark,
+    /// reply routing) stay: at least ztunnel's drain deadline, so those connections can finish.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub unenroll_drain: Duration,
+
     /// How often the pods file is checked for changes.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
@@ -106,25 +113,45 @@ struct Enrolled {
     netns: Option<Arc<PodNetns>>,
 }
 
+/// An un-enrolled pod whose remaining rules wait for its connections to drain.
+struct Draining {
+    netns: PathBuf,
+    until: Instant,
+}
+
+/// The agent's state between ticks.
+struct NodeAgent {
+    server: ZdsServer,
+    backend: Backend,
+    options: RuleOptions,
+    drain: Duration,
+    enrolled: BTreeMap<String, Enrolled>,
+    draining: BTreeMap<String, Draining>,
+}
+
 /// Runs the node agent until `shutdown`.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
-    let options = RuleOptions {
-        dns_capture: config.dns_capture,
-        ipv6: config.ipv6,
+    let mut agent = NodeAgent {
+        server: ZdsServer::default(),
+        backend: Backend::from(config.rules),
+        options: RuleOptions {
+            dns_capture: config.dns_capture,
+            ipv6: config.ipv6,
+        },
+        drain: config.unenroll_drain,
+        enrolled: BTreeMap::new(),
+        draining: BTreeMap::new(),
     };
-    let backend = Backend::from(config.rules);
-    let server = ZdsServer::default();
     let mut desired = pods_file::load(&config.pods)?;
-    let mut enrolled: BTreeMap<String, Enrolled> = BTreeMap::new();
     // Pods first, socket second: the first ztunnel to connect gets the whole snapshot.
-    reconcile(&server, &mut enrolled, &desired, backend, &options).await;
+    agent.reconcile(&desired).await;
     let listener =
         Listener::bind(&config.ztunnel_uds_address).map_err(|cause| AgentError::Bind {
             path: config.ztunnel_uds_address.clone(),
             cause,
         })?;
-    tokio::spawn(server.clone().serve(listener));
-    info!(socket = %config.ztunnel_uds_address.display(), pods = enrolled.len(),
+    tokio::spawn(agent.server.clone().serve(listener));
+    info!(socket = %config.ztunnel_uds_address.display(), pods = agent.enrolled.len(),
         rules = ?config.rules, "node agent ready");
 
     let mut last_text = std::fs::read_to_string(&config.pods).ok();
@@ -147,117 +174,154 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             }
             last_text = text;
         }
-        reconcile(&server, &mut enrolled, &desired, backend, &options).await;
+        agent.reconcile(&desired).await;
+        agent.finish_drained(Instant::now()).await;
     }
+    // Enrolled pods keep their rules for the next agent; un-enrolled ones are finished now, as
+    // the next agent will not know them.
+    agent.finish_drained(Instant::now() + agent.drain).await;
     info!("node agent stopping; capture rules stay in place for the next agent");
     Ok(())
 }
 
-/// Brings the enrolled pods to `desired`: un-enrolls what left (or changed), enrolls what came,
-/// and retries namespaces that could not be opened.
-async fn reconcile(
-    server: &ZdsServer,
-    enrolled: &mut BTreeMap<String, Enrolled>,
-    desired: &BTreeMap<String, PodSpec>,
-    backend: Backend,
-    options: &RuleOptions,
-) {
-    let leaving: Vec<String> = enrolled
-        .iter()
-        .filter(|(uid, pod)| desired.get(*uid) != Some(&pod.spec))
-        .map(|(uid, _)| uid.clone())
-        .collect();
-    for uid in leaving {
-        if let Some(pod) = enrolled.remove(&uid) {
-            unenroll(server, &uid, pod, backend).await;
-        }
-    }
-    for (uid, spec) in desired {
-        let waiting = enrolled.get(uid).is_some_and(|pod| pod.netns.is_none());
-        if enrolled.contains_key(uid) && !waiting {
-            continue;
-        }
-        if let Some(pod) = enroll(server, spec, backend, options, waiting).await {
-            enrolled.insert(uid.clone(), pod);
-        }
-    }
-}
-
-/// Rules first, then the namespace to ztunnel: upstream's order, so ztunnel is only told
-/// about a pod whose traffic already comes its way. `None` when the rules could not be
-/// installed (retried at the next tick).
-async fn enroll(
-    server: &ZdsServer,
-    spec: &PodSpec,
-    backend: Backend,
-    options: &RuleOptions,
-    retrying: bool,
-) -> Option<Enrolled> {
-    let pod = format!("{}/{}", spec.info.namespace, spec.info.name);
-    let netns = match PodNetns::open(&spec.netns) {
-        Ok(netns) => Arc::new(netns),
-        Err(err) => {
-            if !retrying {
-                warn!(uid = %spec.uid, %pod, netns = %spec.netns.display(), error = %err,
-                    "cannot open the pod's network namespace; announcing keep, retrying");
-                let _ = server.publish(&spec.uid, spec.info.clone(), None).await;
+impl NodeAgent {
+    /// Brings the enrolled pods to `desired`: un-enrolls what left (or changed), enrolls what
+    /// came, and retries namespaces that could not be opened.
+    async fn reconcile(&mut self, desired: &BTreeMap<String, PodSpec>) {
+        let leaving: Vec<String> = self
+            .enrolled
+            .iter()
+            .filter(|(uid, pod)| desired.get(*uid) != Some(&pod.spec))
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in leaving {
+            if let Some(pod) = self.enrolled.remove(&uid) {
+                self.unenroll(&uid, pod).await;
             }
-            return Some(Enrolled {
-                spec: spec.clone(),
-                netns: None,
-            });
         }
-    };
-    let (path, options) = (spec.netns.clone(), options.clone());
-    let installed =
-        tokio::task::spawn_blocking(move || rules::install(&path, backend, &options)).await;
-    match installed {
-        Ok(Ok(outcome)) => {
-            let already = outcome == Outcome::AlreadyInPlace;
-            info!(uid = %spec.uid, %pod, netns = %spec.netns.display(), already_in_place = already,
-                "capture rules installed");
-        }
-        Ok(Err(err)) => {
-            error!(uid = %spec.uid, %pod, error = %chain(&err),
-                "capture rules failed; the pod is not enrolled, retrying");
-            return None;
-        }
-        Err(join) => {
-            error!(uid = %spec.uid, %pod, error = %join, "capture rules task failed; retrying");
-            return None;
+        for (uid, spec) in desired {
+            let waiting = self
+                .enrolled
+                .get(uid)
+                .is_some_and(|pod| pod.netns.is_none());
+            if self.enrolled.contains_key(uid) && !waiting {
+                continue;
+            }
+            // Back before its drain ended: its rules are completed, not removed.
+            self.draining.remove(uid);
+            if let Some(pod) = self.enroll(spec, waiting).await {
+                self.enrolled.insert(uid.clone(), pod);
+            }
         }
     }
-    match server
-        .publish(&spec.uid, spec.info.clone(), Some(Arc::clone(&netns)))
-        .await
-    {
-        Ok(()) => info!(uid = %spec.uid, %pod, via = "add", "pod enrolled"),
-        // The next ztunnel to connect gets it in its snapshot.
-        Err(SendError::NoConnection) => {
-            info!(uid = %spec.uid, %pod, "pod ready; waiting for ztunnel to connect")
-        }
-        // ztunnel keeps a pod whose proxy failed and retries it itself.
-        Err(err) => warn!(uid = %spec.uid, %pod, error = %err, "ztunnel has not taken the pod yet"),
-    }
-    Some(Enrolled {
-        spec: spec.clone(),
-        netns: Some(netns),
-    })
-}
 
-/// Rules out first, then ztunnel told: new connections go direct at once, and connections
-/// ztunnel already carries drain there.
-async fn unenroll(server: &ZdsServer, uid: &str, pod: Enrolled, backend: Backend) {
-    let name = format!("{}/{}", pod.spec.info.namespace, pod.spec.info.name);
-    if pod.netns.is_some() {
-        let path = pod.spec.netns.clone();
-        match tokio::task::spawn_blocking(move || rules::remove(&path, backend)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => warn!(%uid, pod = %name, error = %chain(&err),
-                "removing capture rules failed (gone with the pod?)"),
-            Err(join) => warn!(%uid, pod = %name, error = %join, "rule removal task failed"),
+    /// Rules first, then the namespace to ztunnel: upstream's order, so ztunnel is only told
+    /// about a pod whose traffic already comes its way. `None` when the rules could not be
+    /// installed (retried at the next tick).
+    async fn enroll(&self, spec: &PodSpec, retrying: bool) -> Option<Enrolled> {
+        let pod = format!("{}/{}", spec.info.namespace, spec.info.name);
+        let netns = match PodNetns::open(&spec.netns) {
+            Ok(netns) => Arc::new(netns),
+            Err(err) => {
+                if !retrying {
+                    warn!(uid = %spec.uid, %pod, netns = %spec.netns.display(), error = %err,
+                        "cannot open the pod's network namespace; announcing keep, retrying");
+                    let _ = self
+                        .server
+                        .publish(&spec.uid, spec.info.clone(), None)
+                        .await;
+                }
+                return Some(Enrolled {
+                    spec: spec.clone(),
+                    netns: None,
+                });
+            }
+        };
+        let (path, backend, options) = (spec.netns.clone(), self.backend, self.options.clone());
+        let installed =
+            tokio::task::spawn_blocking(move || rules::install(&path, backend, &options)).await;
+        match installed {
+            Ok(Ok(outcome)) => {
+                let already = outcome == Outcome::AlreadyInPlace;
+                info!(uid = %spec.uid, %pod, netns = %spec.netns.display(),
+                    already_in_place = already, "capture rules installed");
+            }
+            Ok(Err(err)) => {
+                error!(uid = %spec.uid, %pod, error = %chain(&err),
+                    "capture rules failed; the pod is not enrolled, retrying");
+                return None;
+            }
+            Err(join) => {
+                error!(uid = %spec.uid, %pod, error = %join, "capture rules task failed; retrying");
+                return None;
+            }
+        }
+        match self
+            .server
+            .publish(&spec.uid, spec.info.clone(), Some(Arc::clone(&netns)))
+            .await
+        {
+            Ok(()) => info!(uid = %spec.uid, %pod, via = "add", "pod enrolled"),
+            // The next ztunnel to connect gets it in its snapshot.
+            Err(SendError::NoConnection) => {
+                info!(uid = %spec.uid, %pod, "pod ready; waiting for ztunnel to connect")
+            }
+            // ztunnel keeps a pod whose proxy failed and retries it itself.
+            Err(err) => {
+                warn!(uid = %spec.uid, %pod, error = %err, "ztunnel has not taken the pod yet")
+            }
+        }
+        Some(Enrolled {
+            spec: spec.clone(),
+            netns: Some(netns),
+        })
+    }
+
+    /// Capture off first (new connections go direct at once), then ztunnel told (connections
+    /// it already carries drain there); what those connections still need is removed once the
+    /// drain time has passed.
+    async fn unenroll(&mut self, uid: &str, pod: Enrolled) {
+        let name = format!("{}/{}", pod.spec.info.namespace, pod.spec.info.name);
+        if pod.netns.is_some() {
+            let (path, backend) = (pod.spec.netns.clone(), self.backend);
+            match tokio::task::spawn_blocking(move || rules::stop_capture(&path, backend)).await {
+                Ok(Ok(())) => {
+                    self.draining.insert(
+                        uid.to_owned(),
+                        Draining {
+                            netns: pod.spec.netns.clone(),
+                            until: Instant::now() + self.drain,
+                        },
+                    );
+                }
+                Ok(Err(err)) => warn!(%uid, pod = %name, error = %chain(&err),
+                    "stopping capture failed (gone with the pod?)"),
+                Err(join) => warn!(%uid, pod = %name, error = %join, "capture stop task failed"),
+            }
+        }
+        self.server.unpublish(uid);
+        info!(%uid, pod = %name, drain = ?self.drain, "pod un-enrolled");
+    }
+
+    /// Removes the remaining rules of pods whose drain ends before `now`.
+    async fn finish_drained(&mut self, now: Instant) {
+        let done: Vec<String> = self
+            .draining
+            .iter()
+            .filter(|(_, d)| d.until <= now)
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in done {
+            let Some(draining) = self.draining.remove(&uid) else {
+                continue;
+            };
+            let (path, backend) = (draining.netns, self.backend);
+            match tokio::task::spawn_blocking(move || rules::remove(&path, backend)).await {
+                Ok(Ok(())) => info!(%uid, "drain over; remaining capture rules removed"),
+                Ok(Err(err)) => warn!(%uid, error = %chain(&err),
+                    "removing capture rules failed (gone with the pod?)"),
+                Err(join) => warn!(%uid, error = %join, "rule removal task failed"),
+            }
         }
     }
-    server.unpublish(uid);
-    info!(%uid, pod = %name, "pod un-enrolled");
 }

@@ -194,6 +194,20 @@ pub fn remove(netns: &Path, backend: Backend) -> Result<(), RulesError> {
     Ok(())
 }
 
+/// Stops capturing new connections in `netns` while leaving what connections already captured
+/// need to finish: the connmark rules (which also keep the kernel tracking connections there;
+/// with no rule using conntrack left, an already redirected connection loses its translation and
+/// is reset) and the policy route that brings replies back to the proxy. Follow with
+/// [`remove`] once those connections have drained.
+pub fn stop_capture(netns: &Path, backend: Backend) -> Result<(), RulesError> {
+    match backend {
+        Backend::Iptables => iptables::stop_capture(netns)?,
+        Backend::Nftables => nftables::stop_capture(netns)?,
+    }
+    info!(netns = %netns.display(), ?backend, "capture stopped; connections may drain");
+    Ok(())
+}
+
 /// Whether any of our chains (either family) or tables exist in `netns`.
 pub fn installed(netns: &Path, backend: Backend) -> Result<bool, RulesError> {
     match backend {

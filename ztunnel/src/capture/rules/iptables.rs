@@ -155,6 +155,24 @@ impl Footprint {
     pub(super) fn is_empty(&self) -> bool {
         self.chains.is_empty() && self.rules.is_empty()
     }
+
+    /// The part of the footprint in `table`.
+    fn in_table(&self, table: &str) -> Footprint {
+        Footprint {
+            chains: self
+                .chains
+                .iter()
+                .filter(|(t, _)| t == table)
+                .cloned()
+                .collect(),
+            rules: self
+                .rules
+                .iter()
+                .filter(|((t, _), _)| t == table)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
 }
 
 /// The `iptables-restore --noflush` input that turns `have` into `want`: per table, first delete
@@ -264,6 +282,21 @@ pub(super) fn remove(netns: &Path) -> Result<(), RulesError> {
             && !have.is_empty()
         {
             restore(netns, family, &transition(&have, &[]))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes only the nat table's part (the redirects), both families: new connections stop
+/// being captured, while the mangle rules keep conntrack alive in the namespace, so connections
+/// already redirected keep their translation and can drain.
+pub(super) fn stop_capture(netns: &Path) -> Result<(), RulesError> {
+    for family in [Family::V4, Family::V6] {
+        if let Some(have) = read(netns, family, false)? {
+            let nat = have.in_table("nat");
+            if !nat.is_empty() {
+                restore(netns, family, &transition(&nat, &[]))?;
+            }
         }
     }
     Ok(())

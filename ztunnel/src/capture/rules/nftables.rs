@@ -164,6 +164,22 @@ pub(super) fn remove(netns: &Path) -> Result<(), RulesError> {
     run(netns, "nft -f -", Some(&batch))?.ok().map(drop)
 }
 
+/// Empties the nat table's redirect chains but keeps the table and its base chains: the nat
+/// hooks stay registered and the mangle table keeps conntrack in use, so connections already
+/// redirected keep their translation and can drain.
+pub(super) fn stop_capture(netns: &Path) -> Result<(), RulesError> {
+    let tables = run(netns, "nft list tables", None)?.ok()?;
+    if !tables
+        .lines()
+        .any(|l| l.trim() == "table inet istio-ambient-nat")
+    {
+        return Ok(());
+    }
+    let batch = "flush chain inet istio-ambient-nat istio-prerouting\n\
+                 flush chain inet istio-ambient-nat istio-output\n";
+    run(netns, "nft -f -", Some(batch))?.ok().map(drop)
+}
+
 /// Whether any of the three tables exists.
 pub(super) fn installed(netns: &Path) -> Result<bool, RulesError> {
     let tables = run(netns, "nft list tables", None)?.ok()?;

@@ -421,3 +421,48 @@ fn missing_program_is_named() {
         "{msg}"
     );
 }
+
+#[test]
+fn stopping_capture_removes_only_the_redirects_until_removal() {
+    for backend in [Backend::Iptables, Backend::Nftables] {
+        let ns = TestNetns::new();
+        let options = opts(false, true);
+        install(&ns.path, backend, &options).unwrap();
+        stop_capture(&ns.path, backend).unwrap();
+        let (nat, mangle) = match backend {
+            Backend::Iptables => (
+                ns.sh("iptables-save -t nat") + &ns.sh("ip6tables-save -t nat"),
+                ns.sh("iptables-save -t mangle"),
+            ),
+            Backend::Nftables => (
+                ns.sh("nft list table inet istio-ambient-nat"),
+                ns.sh("nft list table inet istio-ambient-mangle"),
+            ),
+        };
+        assert!(
+            !nat.contains("redirect") && !nat.contains("REDIRECT"),
+            "{backend:?}: redirects left after stop_capture:\n{nat}"
+        );
+        if backend == Backend::Nftables {
+            // The nat hooks stay registered, or redirected connections lose their translation.
+            assert!(nat.contains("type nat hook output"), "{nat}");
+        }
+        assert!(
+            mangle.contains("0x111") || mangle.contains("0x00000111"),
+            "{backend:?}: connmark rules must stay while connections drain:\n{mangle}"
+        );
+        ns.assert_routing(true);
+        assert!(installed(&ns.path, backend).unwrap());
+        // Re-enrolling during the drain completes the rules again.
+        assert_eq!(
+            install(&ns.path, backend, &options).unwrap(),
+            Outcome::Applied
+        );
+        stop_capture(&ns.path, backend).unwrap();
+        remove(&ns.path, backend).unwrap();
+        assert!(!installed(&ns.path, backend).unwrap());
+        ns.assert_routing(false);
+        // Stopping capture where there is none is not an error.
+        stop_capture(&ns.path, backend).unwrap();
+    }
+}
