@@ -113,9 +113,9 @@ struct Enrolled {
     netns: Option<Arc<PodNetns>>,
 }
 
-/// An un-enrolled pod whose remaining rules wait for its connections to drain.
+/// An un-enrolled pod's namespace whose remaining rules wait for its connections to drain.
 struct Draining {
-    netns: PathBuf,
+    uid: String,
     until: Instant,
 }
 
@@ -126,7 +126,8 @@ struct NodeAgent {
     options: RuleOptions,
     drain: Duration,
     enrolled: BTreeMap<String, Enrolled>,
-    draining: BTreeMap<String, Draining>,
+    /// By namespace path: a namespace enrolled again (by any pod) is no longer draining.
+    draining: BTreeMap<PathBuf, Draining>,
 }
 
 /// Runs the node agent until `shutdown`.
@@ -208,7 +209,7 @@ impl NodeAgent {
                 continue;
             }
             // Back before its drain ended: its rules are completed, not removed.
-            self.draining.remove(uid);
+            self.draining.remove(&spec.netns);
             if let Some(pod) = self.enroll(spec, waiting).await {
                 self.enrolled.insert(uid.clone(), pod);
             }
@@ -287,9 +288,9 @@ impl NodeAgent {
             match tokio::task::spawn_blocking(move || rules::stop_capture(&path, backend)).await {
                 Ok(Ok(())) => {
                     self.draining.insert(
-                        uid.to_owned(),
+                        pod.spec.netns.clone(),
                         Draining {
-                            netns: pod.spec.netns.clone(),
+                            uid: uid.to_owned(),
                             until: Instant::now() + self.drain,
                         },
                     );
@@ -303,22 +304,23 @@ impl NodeAgent {
         info!(%uid, pod = %name, drain = ?self.drain, "pod un-enrolled");
     }
 
-    /// Removes the remaining rules of pods whose drain ends before `now`.
+    /// Removes the remaining rules of namespaces whose drain ends before `now`.
     async fn finish_drained(&mut self, now: Instant) {
-        let done: Vec<String> = self
+        let done: Vec<PathBuf> = self
             .draining
             .iter()
             .filter(|(_, d)| d.until <= now)
-            .map(|(uid, _)| uid.clone())
+            .map(|(path, _)| path.clone())
             .collect();
-        for uid in done {
-            let Some(draining) = self.draining.remove(&uid) else {
+        for path in done {
+            let Some(Draining { uid, .. }) = self.draining.remove(&path) else {
                 continue;
             };
-            let (path, backend) = (draining.netns, self.backend);
-            match tokio::task::spawn_blocking(move || rules::remove(&path, backend)).await {
-                Ok(Ok(())) => info!(%uid, "drain over; remaining capture rules removed"),
-                Ok(Err(err)) => warn!(%uid, error = %chain(&err),
+            let (netns, backend) = (path.clone(), self.backend);
+            match tokio::task::spawn_blocking(move || rules::remove(&netns, backend)).await {
+                Ok(Ok(())) => info!(%uid, netns = %path.display(),
+                    "drain over; remaining capture rules removed"),
+                Ok(Err(err)) => warn!(%uid, netns = %path.display(), error = %chain(&err),
                     "removing capture rules failed (gone with the pod?)"),
                 Err(join) => warn!(%uid, error = %join, "rule removal task failed"),
             }

@@ -172,19 +172,24 @@ async fn handle(
     let mut netns = netns;
     let mut nack = None;
     for action in actions {
-        match action {
-            Action::Start { uid, info, .. } | Action::Replace { uid, info, .. } => {
-                // Replace: the old namespace is gone with the old sandbox; nothing to drain.
-                proxies.stop(&uid, StopMode::Immediate);
-                let Some(fd) = netns.take() else { continue };
-                if let Err(err) = proxies.start(&uid, &info, fd).await {
-                    let text = format!("failure to start proxy : {}", chain(&err));
-                    warn!(%uid, pod = %format!("{}/{}", info.namespace, info.name),
-                        error = %text, "pod proxy did not start; will retry");
-                    nack = Some(text);
-                }
+        let (uid, info) = match action {
+            Action::Stop { uid } => {
+                proxies.stop(&uid, StopMode::Drain);
+                continue;
             }
-            Action::Stop { uid } => proxies.stop(&uid, StopMode::Drain),
+            Action::Replace { uid, info, .. } => {
+                // The old namespace is gone with the old sandbox: nothing left to drain.
+                proxies.stop(&uid, StopMode::Immediate);
+                (uid, info)
+            }
+            Action::Start { uid, info, .. } => (uid, info),
+        };
+        let Some(fd) = netns.take() else { continue };
+        if let Err(err) = proxies.start(&uid, &info, fd).await {
+            let text = format!("failure to start proxy : {}", chain(&err));
+            warn!(%uid, pod = %format!("{}/{}", info.namespace, info.name),
+                error = %text, "pod proxy did not start; will retry");
+            nack = Some(text);
         }
     }
     Ok(nack)
