@@ -12,3 +12,4 @@ pub mod hbone;
 pub mod identity;
 pub mod policy;
 pub mod tls;
+pub mod xds;

@@ -1,0 +1,3 @@
+//! `controlplane` binary (being written).
+
+fn main() {}
