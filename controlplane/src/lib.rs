@@ -3,9 +3,11 @@
 //! so a whole mesh runs on one machine and ztunnel cannot tell it from istiod.
 //!
 //! [`k8s`] reads and validates the YAML; [`translate`] computes `istio.workload.Address` and
-//! `istio.security.Authorization` resources; [`xds`] serves them; [`ca`] signs certificates.
+//! `istio.security.Authorization` resources; [`xds`] serves them; [`ca`] signs certificates;
+//! [`serve`] puts both on one TLS listener.
 
 pub mod ca;
 pub mod k8s;
+pub mod serve;
 pub mod translate;
 pub mod xds;

@@ -8,6 +8,7 @@
 
 pub mod backoff;
 pub mod errors;
+pub mod grpc;
 pub mod hbone;
 pub mod identity;
 pub mod policy;

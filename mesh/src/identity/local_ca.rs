@@ -6,6 +6,7 @@
 //! decided the requester may have it. That is what stops a CSR from asking for someone else's
 //! SAN.
 
+use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
@@ -14,7 +15,7 @@ use rcgen::{
     PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
 };
 use rustls::crypto::CryptoProvider;
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
 
 use super::certificate::{CertificateError, WorkloadCertificate, certs_from_pem};
@@ -113,16 +114,28 @@ impl LocalCa {
         validity: Duration,
         limits: CaLimits,
     ) -> Result<Self, CaError> {
+        Self::generate_root_with_pem(organization, validity, limits).map(|(ca, _, _)| ca)
+    }
+
+    /// [`LocalCa::generate_root`], also returning the root certificate and its PKCS#8 key as
+    /// PEM, for a CA that must sign with the same root after a restart.
+    pub fn generate_root_with_pem(
+        organization: &str,
+        validity: Duration,
+        limits: CaLimits,
+    ) -> Result<(Self, String, String), CaError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(CaError::Sign)?;
         let params = ca_params(organization, "root CA", SystemTime::now() + validity)?;
         let cert = params.self_signed(&key).map_err(CaError::Sign)?;
-        Ok(Self {
+        let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
+        let ca = Self {
             issuer: Issuer::new(params, key),
             signer_not_after: SystemTime::now() + validity,
             intermediates: Vec::new(),
             roots: vec![cert.der().clone()],
             limits,
-        })
+        };
+        Ok((ca, cert_pem, key_pem))
     }
 
     /// Creates an intermediate CA signed by this one; its `notAfter` never outlives this CA.
@@ -231,6 +244,55 @@ impl LocalCa {
             chain,
             roots: self.roots.clone(),
         })
+    }
+
+    /// Issues the control plane's own serving certificate (what istiod presents on 15012): a
+    /// fresh P-256 key, the given DNS names and addresses as SANs, serverAuth only. Returns the
+    /// chain (leaf first, then intermediates) and the key.
+    pub fn issue_serving(
+        &self,
+        dns_names: &[String],
+        addresses: &[IpAddr],
+        ttl: Duration,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), CaError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(CaError::Sign)?;
+        let now = SystemTime::now();
+        if now >= self.signer_not_after {
+            return Err(CaError::SignerExpired {
+                not_after: self.signer_not_after,
+            });
+        }
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        name.push(
+            DnType::CommonName,
+            dns_names.first().map_or("controlplane", String::as_str),
+        );
+        params.distinguished_name = name;
+        let mut sans = Vec::new();
+        for dns in dns_names {
+            let dns = dns.clone().try_into().map_err(CaError::Sign)?;
+            sans.push(SanType::DnsName(dns));
+        }
+        sans.extend(addresses.iter().map(|ip| SanType::IpAddress(*ip)));
+        params.subject_alt_names = sans;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = OffsetDateTime::from(now - CLOCK_SKEW_ALLOWANCE);
+        params.not_after = OffsetDateTime::from((now + ttl).min(self.signer_not_after));
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        let leaf = params
+            .signed_by(&key, &self.issuer)
+            .map_err(CaError::Sign)?;
+        let mut chain = vec![leaf.der().clone()];
+        chain.extend(self.intermediates.iter().cloned());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Ok((chain, key))
     }
 
     /// Issues a workload certificate for `identity` through the same CSR path a remote client

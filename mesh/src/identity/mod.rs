@@ -3,6 +3,7 @@
 
 mod certificate;
 mod csr;
+mod istio_ca;
 mod local_ca;
 mod spiffe;
 mod store;
@@ -11,6 +12,9 @@ pub use certificate::{
     CertificateError, LeafInfo, WorkloadCertificate, certs_from_pem, parse_leaf,
 };
 pub use csr::{CertificateRequest, CsrError, create_csr};
+pub use istio_ca::{
+    IMPERSONATED_IDENTITY, IstioCaClient, IstioCaError, IstioCaSettings, REQUEST_TIMEOUT, Token,
+};
 pub use local_ca::{
     CLOCK_SKEW_ALLOWANCE, CaError, CaLimits, DEFAULT_MAX_WORKLOAD_TTL, DEFAULT_WORKLOAD_TTL,
     IssuedChain, LocalCa,

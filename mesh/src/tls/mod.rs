@@ -24,7 +24,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
 use crate::identity::{SpiffeId, WorkloadCertificate, parse_leaf};
-pub use verify::{SpiffeClientVerifier, SpiffeServerVerifier, TrustBundles, VerifyError};
+pub use verify::{
+    SpiffeClientVerifier, SpiffeServerVerifier, TrustBundles, VerifyError, verify_workload_chain,
+};
 
 /// The one ALPN protocol HBONE speaks.
 pub const ALPN_H2: &[u8] = b"h2";

@@ -137,6 +137,31 @@ impl fmt::Debug for TrustBundles {
     }
 }
 
+/// Checks a workload chain (leaf first, then intermediates) as an HBONE peer would, against
+/// `roots` for the leaf's own trust domain: what a CA can run on a certificate it just issued
+/// to prove its key, signer and roots belong together before it serves anyone.
+pub fn verify_workload_chain(
+    chain: &[CertificateDer<'_>],
+    roots: &[CertificateDer<'_>],
+) -> Result<SpiffeId, VerifyError> {
+    let (leaf_der, intermediates) = chain
+        .split_first()
+        .ok_or(VerifyError::Leaf(CertificateError::EmptyChain))?;
+    let leaf = parse_leaf(leaf_der).map_err(VerifyError::Leaf)?;
+    let bundles = TrustBundles::single(leaf.identity.trust_domain().clone(), roots)
+        .map_err(VerifyError::Leaf)?;
+    let algorithms = crate::tls::crypto_provider().signature_verification_algorithms;
+    verify_peer(
+        &bundles,
+        &algorithms,
+        leaf_der,
+        intermediates,
+        UnixTime::now(),
+        KeyUsage::client_auth(),
+        None,
+    )
+}
+
 /// Checks the peer's leaf and chain; returns the proven identity.
 fn verify_peer(
     bundles: &TrustBundles,
