@@ -148,6 +148,32 @@ pub struct Config {
     #[arg(long, env = "LOCAL_CA_KEY", requires = "ca_cert")]
     pub ca_key: Option<PathBuf>,
 
+    /// The CA (istiod or our control plane), e.g. `istiod.istio-system.svc:15012`; `https://`
+    /// is assumed. Unset: certificates come from the local CA (`--ca-cert`) instead.
+    #[arg(long, env = "CA_ADDRESS")]
+    pub ca_address: Option<String>,
+
+    /// Roots that the CA's serving certificate must chain to: a PEM file, or PEM text.
+    #[arg(
+        long,
+        env = "CA_ROOT_CA",
+        default_value = "./var/run/secrets/istio/root-cert.pem"
+    )]
+    pub ca_root_ca: String,
+
+    /// A name the CA may prove instead of the host of `CA_ADDRESS`.
+    #[arg(long, env = "ALT_CA_HOSTNAME")]
+    pub alt_ca_hostname: Option<String>,
+
+    /// Bearer token for the CA: a file (re-read on every request) or the token itself. Unset:
+    /// `./var/run/secrets/tokens/istio-token` if present, else no token.
+    #[arg(long, env = "AUTH_TOKEN")]
+    pub auth_token: Option<String>,
+
+    /// Lifetime asked for workload certificates.
+    #[arg(long, env = "SECRET_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub secret_ttl: Duration,
+
     /// How often the local config file is checked for changes.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub config_poll_interval: Duration,
@@ -165,7 +191,7 @@ pub struct Config {
     pub log: String,
 }
 
-/// Parses `500ms`, `5s`, `2m`, or a bare number of seconds.
+/// Parses `500ms`, `5s`, `2m`, `24h`, or a bare number of seconds.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let value = value.trim();
     let (number, unit) = value
@@ -178,8 +204,9 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(n)),
         "" | "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
         other => Err(format!(
-            "{value:?}: unknown unit {other:?} (use ms, s or m)"
+            "{value:?}: unknown unit {other:?} (use ms, s, m or h)"
         )),
     }
 }
@@ -194,7 +221,8 @@ mod tests {
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("5h").unwrap_err().contains("unknown unit"));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("x").is_err());
     }
 

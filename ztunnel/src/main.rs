@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mesh::hbone::pool::{Pool, PoolSettings};
-use mesh::identity::{CaLimits, CertStore, LocalCa, RefreshPolicy};
+use mesh::identity::{
+    CaLimits, CertStore, CertificateProvider, IstioCaClient, IstioCaSettings, LocalCa,
+    RefreshPolicy, Token, certs_from_pem,
+};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -104,8 +107,8 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
 }
 
 async fn run(config: Config, host: Option<Arc<HostNetns>>, control: Handle) -> anyhow::Result<()> {
-    let ca = local_ca(&config)?;
-    let certs = CertStore::new(Arc::new(ca), RefreshPolicy::default(), control.clone());
+    let provider = certificate_provider(&config, &control)?;
+    let certs = CertStore::new(provider, RefreshPolicy::default(), control.clone());
 
     // The watcher makes the first load too, so start-up and reloads share one path.
     let directory = Arc::new(Directory::default());
@@ -215,6 +218,67 @@ async fn serve_in_pod(
     proxies.shutdown().await;
     info!("ztunnel stopped");
     Ok(())
+}
+
+/// Where workload certificates come from: the CA at `CA_ADDRESS` (istiod's protocol), else the
+/// local CA.
+fn certificate_provider(
+    config: &Config,
+    control: &Handle,
+) -> anyhow::Result<Arc<dyn CertificateProvider>> {
+    let Some(address) = config.ca_address.as_deref().filter(|a| !a.is_empty()) else {
+        return Ok(Arc::new(local_ca(config)?));
+    };
+    let uri = mesh::grpc::parse_address(address).context("CA_ADDRESS")?;
+    let roots = read_roots(&config.ca_root_ca).context("CA_ROOT_CA")?;
+    let tls = mesh::grpc::client_config(&roots).context("CA_ROOT_CA")?;
+    let name = mesh::grpc::server_name(&uri, config.alt_ca_hostname.as_deref())
+        .context("ALT_CA_HOSTNAME")?;
+    // The channel's background work belongs to the control runtime, beside the certificate
+    // workers that use it.
+    let channel = {
+        let _on_control = control.enter();
+        mesh::grpc::channel(uri.clone(), tls, name)
+    };
+    let headers = std::env::vars()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("CA_HEADER_")
+                .map(|name| (name.to_owned(), v))
+        })
+        .collect();
+    let settings = IstioCaSettings {
+        token: auth_token(config.auth_token.as_deref()),
+        cluster_id: config.cluster_id.clone(),
+        ttl: config.secret_ttl,
+        // This ztunnel serves many workloads in either mode, so it always asks as a node proxy.
+        impersonate: true,
+        headers,
+    };
+    info!(ca = %uri, token = ?settings.token.kind(), ttl = ?settings.ttl, "certificates from the CA");
+    Ok(Arc::new(
+        IstioCaClient::new(channel, settings).context("CA_HEADER_*")?,
+    ))
+}
+
+/// `CA_ROOT_CA`: a PEM file, or the PEM text itself.
+fn read_roots(value: &str) -> anyhow::Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
+    let text = if value.contains("-----BEGIN") {
+        value.to_owned()
+    } else {
+        std::fs::read_to_string(value).with_context(|| format!("reading {value}"))?
+    };
+    certs_from_pem(&text).with_context(|| format!("{value}: no usable PEM certificate"))
+}
+
+/// `AUTH_TOKEN` as upstream reads it.
+fn auth_token(value: Option<&str>) -> Token {
+    const DEFAULT_TOKEN: &str = "./var/run/secrets/tokens/istio-token";
+    match value.filter(|v| !v.is_empty()) {
+        Some(v) if std::path::Path::new(v).exists() => Token::File(v.into()),
+        Some(v) => Token::Static(v.to_owned()),
+        None if std::path::Path::new(DEFAULT_TOKEN).exists() => Token::File(DEFAULT_TOKEN.into()),
+        None => Token::None,
+    }
 }
 
 fn local_ca(config: &Config) -> anyhow::Result<LocalCa> {

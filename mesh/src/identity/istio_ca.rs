@@ -46,6 +46,17 @@ pub enum Token {
     None,
 }
 
+impl Token {
+    /// What kind of token, for logs (never the token itself).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::File(_) => "file",
+            Self::Static(_) => "static",
+            Self::None => "none",
+        }
+    }
+}
+
 /// How to reach and talk to the CA.
 #[derive(Debug, Clone)]
 pub struct IstioCaSettings {
