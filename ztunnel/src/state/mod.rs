@@ -11,6 +11,7 @@
 //! `None` or [`Resolution::Passthrough`].
 
 pub mod directory;
+pub mod from_xds;
 pub mod local;
 pub mod model;
 pub mod resolve;
@@ -18,6 +19,7 @@ mod scalars;
 pub mod snapshot;
 
 pub use directory::{Directory, UpdateStatus, watch_file};
+pub use from_xds::{FromAddress, InvalidResource, XdsState};
 pub use local::{InvalidReason, LocalConfig, LocalConfigError, MAX_LOCAL_CONFIG_BYTES};
 pub use model::{
     HealthPolicy, HealthStatus, IdentityError, LoadBalancerMode, LoadBalancing, Locality,
