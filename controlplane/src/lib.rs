@@ -9,5 +9,6 @@
 pub mod ca;
 pub mod k8s;
 pub mod serve;
+pub mod source;
 pub mod translate;
 pub mod xds;

@@ -24,8 +24,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::transport::server::Connected;
-use tower::Service;
 use tower::util::BoxCloneService;
+use tower::{Service, ServiceExt};
 use tracing::debug;
 
 /// Longest a client may take to complete its TLS handshake.
@@ -144,18 +144,21 @@ impl Router {
         Self::default()
     }
 
-    /// Adds a generated tonic server.
-    pub fn with<S>(mut self, service: S) -> Self
+    /// Adds a generated tonic server (or one wrapped in an interceptor).
+    pub fn with<S, B>(mut self, service: S) -> Self
     where
-        S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        S: Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>
             + NamedService
             + Clone
             + Send
             + 'static,
         S::Future: Send + 'static,
+        B: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+        B::Error: Into<tonic::codegen::StdError>,
     {
+        let erased = service.map_response(|response: http::Response<B>| response.map(Body::new));
         self.routes
-            .push((format!("/{}/", S::NAME), BoxCloneService::new(service)));
+            .push((format!("/{}/", S::NAME), BoxCloneService::new(erased)));
         self
     }
 }

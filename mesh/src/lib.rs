@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod backoff;
+pub mod config;
 pub mod errors;
 pub mod grpc;
 pub mod hbone;

@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 
 pub use client::{
     AdsClient, CONNECT_TIMEOUT, ClientStats, Connector, FAILURE_BACKOFF, MAX_RESPONSE_BYTES,
-    OPEN_TIMEOUT, QUICK_RECONNECT, SEND_TIMEOUT,
+    MetadataSource, OPEN_TIMEOUT, QUICK_RECONNECT, SEND_TIMEOUT,
 };
 
 /// Applies one response of a resource type to the caller's state.

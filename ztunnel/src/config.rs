@@ -111,9 +111,35 @@ pub struct Config {
     pub inpod_enabled: Option<String>,
 
     /// Workloads, services and policies from a local YAML file (upstream's local config format),
-    /// re-read when it changes.
+    /// re-read when it changes. Used when no `XDS_ADDRESS` is given.
     #[arg(long, env = "LOCAL_XDS_PATH")]
-    pub local_xds_path: PathBuf,
+    pub local_xds_path: Option<PathBuf>,
+
+    /// The control plane (istiod or ours), e.g. `istiod.istio-system.svc:15012`; `https://` is
+    /// assumed. Empty or unset: the local file instead.
+    #[arg(long, env = "XDS_ADDRESS")]
+    pub xds_address: Option<String>,
+
+    /// Roots the control plane's serving certificate must chain to (file or PEM text); default:
+    /// the CA's (`CA_ROOT_CA`).
+    #[arg(long, env = "XDS_ROOT_CA")]
+    pub xds_root_ca: Option<String>,
+
+    /// A name the control plane may prove instead of the host of `XDS_ADDRESS`.
+    #[arg(long, env = "ALT_XDS_HOSTNAME")]
+    pub alt_xds_hostname: Option<String>,
+
+    /// This ztunnel's pod name (xDS node id and metadata).
+    #[arg(long, env = "POD_NAME", default_value = "")]
+    pub pod_name: String,
+
+    /// This ztunnel's namespace (xDS node id and metadata).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "")]
+    pub pod_namespace: String,
+
+    /// This ztunnel's address (xDS node id and metadata).
+    #[arg(long, env = "INSTANCE_IP", default_value = "1.1.1.1")]
+    pub instance_ip: String,
 
     /// This node's name: workloads whose `node` matches are the ones this agent serves.
     #[arg(long, env = "NODE_NAME")]
@@ -191,40 +217,11 @@ pub struct Config {
     pub log: String,
 }
 
-/// Parses `500ms`, `5s`, `2m`, `24h`, or a bare number of seconds.
-pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let value = value.trim();
-    let (number, unit) = value
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((value, ""), |at| value.split_at(at));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{value:?} is not a duration like 500ms, 5s or 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        other => Err(format!(
-            "{value:?}: unknown unit {other:?} (use ms, s, m or h)"
-        )),
-    }
-}
+pub use mesh::config::parse_duration;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
-        assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("x").is_err());
-    }
 
     #[test]
     fn flags_and_env_names_parse() {
@@ -239,6 +236,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(config.node_name, "node-a");
+        assert_eq!(config.local_xds_path, Some(PathBuf::from("/tmp/x.yaml")));
         assert_eq!(config.drain_timeout, Duration::from_secs(2));
         assert_eq!(config.inbound_addr.port(), 15008);
         assert_eq!(

@@ -12,15 +12,18 @@ use mesh::identity::{
     CaLimits, CertStore, CertificateProvider, IstioCaClient, IstioCaSettings, LocalCa,
     RefreshPolicy, Token, certs_from_pem,
 };
+use mesh::xds::{AdsClient, Subscription};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
+use xds_proto::envoy::config::core::v3::Node;
 use ztunnel::capture::netns::HostNetns;
 use ztunnel::config::{Cli, Config, ProxyMode};
 use ztunnel::inpod::pods::PodProxies;
 use ztunnel::proxy::{Inputs, Listeners, Proxy, Scope};
+use ztunnel::state::xds_feed::{ADDRESS_TYPE, AUTHORIZATION_TYPE, XdsFeed};
 use ztunnel::state::{Directory, watch_file};
 
 /// Longest start-up waits for the first load of the local config.
@@ -110,31 +113,9 @@ async fn run(config: Config, host: Option<Arc<HostNetns>>, control: Handle) -> a
     let provider = certificate_provider(&config, &control)?;
     let certs = CertStore::new(provider, RefreshPolicy::default(), control.clone());
 
-    // The watcher makes the first load too, so start-up and reloads share one path.
     let directory = Arc::new(Directory::default());
-    let mut updates = directory.subscribe();
     let shutdown = CancellationToken::new();
-    control.spawn(watch_file(
-        config.local_xds_path.clone(),
-        Arc::clone(&directory),
-        config.config_poll_interval,
-        shutdown.clone(),
-    ));
-    let first = tokio::time::timeout(
-        FIRST_CONFIG_TIMEOUT,
-        updates.wait_for(|s| s.generation > 0 || s.last_rejection.is_some()),
-    )
-    .await
-    .context("the local config was not loaded in time")?
-    .context("the config watcher stopped")?
-    .clone();
-    if first.generation == 0 {
-        anyhow::bail!(
-            "local config {} rejected: {}",
-            config.local_xds_path.display(),
-            first.last_rejection.as_deref().unwrap_or("unknown error")
-        );
-    }
+    start_config_source(&config, &directory, &control, &shutdown).await?;
 
     // Certificates for this node's workloads are fetched before the first connection needs them.
     for workload in directory.load().local_workloads(&config.node_name) {
@@ -218,6 +199,145 @@ async fn serve_in_pod(
     proxies.shutdown().await;
     info!("ztunnel stopped");
     Ok(())
+}
+
+/// Starts following the configuration (the control plane at `XDS_ADDRESS`, else the local
+/// file) and waits for its first state. The file's first load goes through its watcher, so
+/// start-up and reloads share one path; a control plane that is not there yet is waited for.
+async fn start_config_source(
+    config: &Config,
+    directory: &Arc<Directory>,
+    control: &Handle,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut updates = directory.subscribe();
+    if let Some(address) = config.xds_address.as_deref().filter(|a| !a.is_empty()) {
+        let client = xds_client(config, address, directory, control)?;
+        control.spawn(client.run(shutdown.clone()));
+        loop {
+            match tokio::time::timeout(FIRST_CONFIG_TIMEOUT, updates.wait_for(|s| s.generation > 0))
+                .await
+            {
+                Ok(waited) => {
+                    waited.context("the xDS client stopped")?;
+                    return Ok(());
+                }
+                Err(_) => warn!(control_plane = address, waited = ?FIRST_CONFIG_TIMEOUT,
+                    "no configuration from the control plane yet; still waiting"),
+            }
+        }
+    }
+    let Some(path) = config.local_xds_path.clone() else {
+        anyhow::bail!(
+            "no configuration source: set XDS_ADDRESS (a control plane) or LOCAL_XDS_PATH (a file)"
+        );
+    };
+    control.spawn(watch_file(
+        path.clone(),
+        Arc::clone(directory),
+        config.config_poll_interval,
+        shutdown.clone(),
+    ));
+    let first = tokio::time::timeout(
+        FIRST_CONFIG_TIMEOUT,
+        updates.wait_for(|s| s.generation > 0 || s.last_rejection.is_some()),
+    )
+    .await
+    .context("the local config was not loaded in time")?
+    .context("the config watcher stopped")?
+    .clone();
+    if first.generation == 0 {
+        anyhow::bail!(
+            "local config {} rejected: {}",
+            path.display(),
+            first.last_rejection.as_deref().unwrap_or("unknown error")
+        );
+    }
+    Ok(())
+}
+
+/// The delta xDS client for Address and Authorization, authenticating as the CA client does.
+fn xds_client(
+    config: &Config,
+    address: &str,
+    directory: &Arc<Directory>,
+    control: &Handle,
+) -> anyhow::Result<AdsClient<impl mesh::xds::Connector + use<>>> {
+    let uri = mesh::grpc::parse_address(address).context("XDS_ADDRESS")?;
+    let roots_from = config.xds_root_ca.as_deref().unwrap_or(&config.ca_root_ca);
+    let roots = read_roots(roots_from).context("XDS_ROOT_CA")?;
+    let tls = mesh::grpc::client_config(&roots).context("XDS_ROOT_CA")?;
+    let name = mesh::grpc::server_name(&uri, config.alt_xds_hostname.as_deref())
+        .context("ALT_XDS_HOSTNAME")?;
+    let channel = {
+        let _on_control = control.enter();
+        mesh::grpc::channel(uri, tls, name)
+    };
+    let connector = move || {
+        let channel = channel.clone();
+        async move { Ok::<_, std::convert::Infallible>(channel) }
+    };
+    let token = auth_token(config.auth_token.as_deref());
+    let cluster_id = config.cluster_id.clone();
+    let metadata: mesh::xds::MetadataSource = Box::new(move || {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        match token.read() {
+            Ok(Some(token)) => {
+                if let Ok(value) = format!("Bearer {token}").parse() {
+                    metadata.insert("authorization", value);
+                }
+            }
+            Ok(None) => {}
+            Err(err) => warn!(error = %err, "xDS token unavailable; connecting without it"),
+        }
+        if let Ok(value) = cluster_id.parse() {
+            metadata.insert("clusterid", value);
+        }
+        metadata
+    });
+    let feed = XdsFeed::new(Arc::clone(directory));
+    let mut client = AdsClient::new(xds_node(config), address, connector)?.with_metadata(metadata);
+    for type_url in [ADDRESS_TYPE, AUTHORIZATION_TYPE] {
+        client.register(type_url, Subscription::Wildcard, feed.handler(type_url))?;
+    }
+    info!(
+        control_plane = address,
+        "configuration from the control plane"
+    );
+    Ok(client)
+}
+
+/// The xDS node as upstream ztunnel describes itself (xds.md §1.3).
+fn xds_node(config: &Config) -> Node {
+    let id = format!(
+        "ztunnel~{ip}~{pod}.{ns}~{ns}.svc.cluster.local",
+        ip = config.instance_ip,
+        pod = config.pod_name,
+        ns = config.pod_namespace
+    );
+    let mut fields = std::collections::BTreeMap::new();
+    let string = |s: &str| prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue(s.to_owned())),
+    };
+    for (key, value) in [
+        ("NAME", config.pod_name.as_str()),
+        ("NAMESPACE", config.pod_namespace.as_str()),
+        ("NODE_NAME", config.node_name.as_str()),
+        ("INSTANCE_IPS", config.instance_ip.as_str()),
+        ("CLUSTER_ID", config.cluster_id.as_str()),
+    ] {
+        fields.insert(key.to_owned(), string(value));
+    }
+    for (key, value) in std::env::vars() {
+        if let Some(key) = key.strip_prefix("ISTIO_META_") {
+            fields.insert(key.to_owned(), string(&value));
+        }
+    }
+    Node {
+        id,
+        metadata: Some(prost_types::Struct { fields }),
+        ..Node::default()
+    }
 }
 
 /// Where workload certificates come from: the CA at `CA_ADDRESS` (istiod's protocol), else the

@@ -47,6 +47,23 @@ pub enum Token {
 }
 
 impl Token {
+    /// The token now (a file is read on every call, so a rotated token is picked up).
+    pub fn read(&self) -> Result<Option<String>, String> {
+        match self {
+            Self::None => Ok(None),
+            Self::Static(token) => Ok(Some(token.clone())),
+            Self::File(path) => {
+                let token = std::fs::read_to_string(path)
+                    .map_err(|e| format!("reading the token {}: {e}", path.display()))?;
+                let token = token.trim();
+                if token.is_empty() {
+                    return Err(format!("the token file {} is empty", path.display()));
+                }
+                Ok(Some(token.to_owned()))
+            }
+        }
+    }
+
     /// What kind of token, for logs (never the token itself).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -112,23 +129,7 @@ impl IstioCaClient {
     }
 
     fn token(&self) -> Result<Option<String>, FetchError> {
-        match &self.settings.token {
-            Token::None => Ok(None),
-            Token::Static(token) => Ok(Some(token.clone())),
-            Token::File(path) => {
-                let token = std::fs::read_to_string(path).map_err(|e| {
-                    FetchError::Refused(format!("reading the token {}: {e}", path.display()))
-                })?;
-                let token = token.trim();
-                if token.is_empty() {
-                    return Err(FetchError::Refused(format!(
-                        "the token file {} is empty",
-                        path.display()
-                    )));
-                }
-                Ok(Some(token.to_owned()))
-            }
-        }
+        self.settings.token.read().map_err(FetchError::Refused)
     }
 
     async fn request(&self, identity: &SpiffeId) -> Result<WorkloadCertificate, FetchError> {

@@ -167,7 +167,12 @@ pub struct AdsClient<C> {
     types: Vec<TypeState>,
     ready: watch::Sender<bool>,
     stats: watch::Sender<ClientStats>,
+    metadata: Option<MetadataSource>,
 }
+
+/// Builds the request metadata (e.g. `authorization`, `clusterid`) for each new stream, so a
+/// rotated token file is read again.
+pub type MetadataSource = Box<dyn Fn() -> tonic::metadata::MetadataMap + Send>;
 
 impl<C: Connector> AdsClient<C> {
     /// A client for `node` (its `id` and `metadata` as xds.md §1.3 says) that reaches the
@@ -187,7 +192,14 @@ impl<C: Connector> AdsClient<C> {
             types: Vec::new(),
             ready: watch::channel(false).0,
             stats: watch::channel(ClientStats::default()).0,
+            metadata: None,
         })
+    }
+
+    /// Sends the metadata `source` builds with every new stream.
+    pub fn with_metadata(mut self, source: MetadataSource) -> Self {
+        self.metadata = Some(source);
+        self
     }
 
     /// Subscribes to `type_url` and routes its responses to `handler`. Initial requests go out in
@@ -325,13 +337,14 @@ impl<C: Connector> AdsClient<C> {
         }
         let mut grpc = AggregatedDiscoveryServiceClient::new(channel)
             .max_decoding_message_size(MAX_RESPONSE_BYTES);
-        let opened = tokio::time::timeout(
-            OPEN_TIMEOUT,
-            grpc.delta_aggregated_resources(ReceiverStream::new(queue)),
-        )
-        .await
-        .map_err(|_elapsed| StreamError::OpenTimeout(OPEN_TIMEOUT))?
-        .map_err(|status| StreamError::Open(status.into()))?;
+        let mut call = tonic::Request::new(ReceiverStream::new(queue));
+        if let Some(source) = &self.metadata {
+            *call.metadata_mut() = source();
+        }
+        let opened = tokio::time::timeout(OPEN_TIMEOUT, grpc.delta_aggregated_resources(call))
+            .await
+            .map_err(|_elapsed| StreamError::OpenTimeout(OPEN_TIMEOUT))?
+            .map_err(|status| StreamError::Open(status.into()))?;
         self.stats.send_modify(|stats| stats.streams_opened += 1);
         info!(control_plane = %self.control_plane, node = %self.node.id, "xDS stream opened");
         Ok((requests, opened.into_inner()))

@@ -17,6 +17,7 @@ pub mod model;
 pub mod resolve;
 mod scalars;
 pub mod snapshot;
+pub mod xds_feed;
 
 pub use directory::{Directory, UpdateStatus, watch_file};
 pub use from_xds::{FromAddress, InvalidResource, XdsState};
