@@ -279,6 +279,11 @@ impl Process {
         self.lines.lock().unwrap().clone()
     }
 
+    /// Kills the process (SIGKILL) and waits for it to be gone.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// Sends SIGTERM without waiting.
     pub fn send_sigterm(&self) {
         if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {

@@ -26,6 +26,18 @@ pub struct Mesh {
     pub unenroll_drain: &'static str,
     /// The agents' `--rules` engine (`iptables` or `nftables`).
     pub rules: &'static str,
+    control_plane: Option<ControlPlane>,
+}
+
+/// A running `controlplane serve` and how ztunnels reach it.
+struct ControlPlane {
+    process: Process,
+    /// `https://<ip>:15012`.
+    address: String,
+    /// The CA's root bundle (what ztunnels get as `CA_ROOT_CA`).
+    root: PathBuf,
+    /// The directory of YAML it serves.
+    config_dir: PathBuf,
 }
 
 /// The ZDS uid the agent gives a pod.
@@ -73,6 +85,7 @@ impl Mesh {
             drain_timeout: "2s",
             unenroll_drain: "3s",
             rules: "iptables",
+            control_plane: None,
         }
     }
 
@@ -188,23 +201,40 @@ impl Mesh {
 
     /// Starts the ztunnel of `node` and waits until it has applied the agent's snapshot.
     pub async fn start_ztunnel(&mut self, node: NodeId) {
-        self.write_config();
-        let args = vec![
-            "--local-xds-path".to_owned(),
-            self.world.config_path().display().to_string(),
+        let mut args = vec![
             "--node-name".to_owned(),
             self.node_name(node),
             "--inpod-uds".to_owned(),
             self.socket(node).display().to_string(),
-            "--ca-cert".to_owned(),
-            self.ca.0.display().to_string(),
-            "--ca-key".to_owned(),
-            self.ca.1.display().to_string(),
             "--config-poll-interval".to_owned(),
             "200ms".to_owned(),
             "--drain-timeout".to_owned(),
             self.drain_timeout.to_owned(),
         ];
+        match &self.control_plane {
+            // Everything from the control plane: configuration over xDS, certificates from its CA.
+            Some(cp) => args.extend([
+                "--xds-address".to_owned(),
+                cp.address.clone(),
+                "--ca-address".to_owned(),
+                cp.address.clone(),
+                "--ca-root-ca".to_owned(),
+                cp.root.display().to_string(),
+                "--auth-token".to_owned(),
+                self.token_file(node).display().to_string(),
+            ]),
+            None => {
+                self.write_config();
+                args.extend([
+                    "--local-xds-path".to_owned(),
+                    self.world.config_path().display().to_string(),
+                    "--ca-cert".to_owned(),
+                    self.ca.0.display().to_string(),
+                    "--ca-key".to_owned(),
+                    self.ca.1.display().to_string(),
+                ]);
+            }
+        }
         let name = format!("ztunnel-{}", self.node_name(node));
         let mut ztunnel = self.spawn_in(node, &name, args);
         ztunnel
@@ -241,6 +271,163 @@ impl Mesh {
         // Its own snapshot handling, not its readiness line: that one can precede the snapshot.
         ztunnel.wait_for_line("received snapshot sent").await;
         self.ztunnels.insert(node, ztunnel);
+    }
+
+    fn token_file(&self, node: NodeId) -> PathBuf {
+        self.world
+            .dir()
+            .join(format!("token-{}", self.node_name(node)))
+    }
+
+    /// The cluster as Kubernetes objects: a Namespace per workload namespace (enrolled in
+    /// ambient), a ServiceAccount and a running Pod per workload, a Service per service; then
+    /// `extra` (policies and such, YAML documents).
+    pub fn cluster_yaml(&self, extra: &str) -> String {
+        let mut out = String::new();
+        let namespaces: BTreeSet<&str> = self
+            .world
+            .workloads
+            .iter()
+            .map(|w| w.namespace.as_str())
+            .collect();
+        for ns in namespaces {
+            out.push_str(&format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{istio.io/dataplane-mode: ambient}}}}\n---\n"
+            ));
+        }
+        for w in &self.world.workloads {
+            let opt_out = if w.protocol == "TCP" {
+                ", istio.io/dataplane-mode: none"
+            } else {
+                ""
+            };
+            out.push_str(&format!(
+                "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: {ns}}}\n---\n\
+                 apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, uid: uid-{name}, labels: {{app: {name}{opt_out}}}}}\n\
+                 spec: {{serviceAccountName: {sa}, nodeName: {node}, containers: [{{name: app, image: app}}]}}\n\
+                 status: {{podIP: {ip}, phase: Running, conditions: [{{type: Ready, status: \"True\"}}]}}\n---\n",
+                sa = w.service_account,
+                ns = w.namespace,
+                name = w.name,
+                node = w.node,
+                ip = w.ip,
+            ));
+        }
+        for svc in &self.world.services {
+            let ports: Vec<String> = svc
+                .ports
+                .iter()
+                .map(|(port, target)| {
+                    format!("{{name: p{port}, port: {port}, targetPort: {target}}}")
+                })
+                .collect();
+            out.push_str(&format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+                 spec: {{clusterIP: {vip}, selector: {{app: {selector}}}, ports: [{ports}]}}\n---\n",
+                name = svc.name,
+                ns = svc.namespace,
+                vip = svc.vip,
+                selector = svc.name,
+                ports = ports.join(", "),
+            ));
+        }
+        out.push_str(extra);
+        out
+    }
+
+    /// Writes the control plane's configuration (atomically, as a ConfigMap update would).
+    pub fn write_cluster_yaml(&self, extra: &str) {
+        let dir = self.world.dir().join("cluster");
+        std::fs::create_dir_all(&dir).unwrap();
+        let staging = self.world.dir().join("cluster.yaml.new");
+        std::fs::write(&staging, self.cluster_yaml(extra)).unwrap();
+        std::fs::rename(&staging, dir.join("cluster.yaml")).unwrap();
+    }
+
+    /// Starts `controlplane serve` in `node`'s namespace, serving the cluster YAML (with
+    /// `extra` documents) to every node's ztunnel: from then on ztunnels started get their
+    /// configuration over xDS and their certificates from its CA. One token per node.
+    pub async fn start_control_plane(&mut self, node: NodeId, extra: &str) {
+        self.write_cluster_yaml(extra);
+        let mut callers = String::from("callers:\n");
+        let nodes: Vec<NodeId> = self.cluster.nodes().iter().map(|n| n.id()).collect();
+        for n in nodes {
+            let token = format!("token-of-{}-0123456789abcdef", self.node_name(n));
+            std::fs::write(self.token_file(n), &token).unwrap();
+            callers.push_str(&format!(
+                "- {{name: ztunnel-{node}, token: {token}, node: {node}, namespace: istio-system, serviceAccount: ztunnel}}\n",
+                node = self.node_name(n)
+            ));
+        }
+        let tokens = self.world.dir().join("tokens.yaml");
+        std::fs::write(&tokens, callers).unwrap();
+        let ip = self.cluster.node(node).gateway();
+        let ca_dir = self.world.dir().join("cacerts");
+        let config_dir = self.world.dir().join("cluster");
+        let args = vec![
+            "netns".to_owned(),
+            "exec".to_owned(),
+            self.cluster.node(node).netns().name().to_owned(),
+            binary("controlplane").display().to_string(),
+            "serve".to_owned(),
+            "--config-dir".to_owned(),
+            config_dir.display().to_string(),
+            "--ca-dir".to_owned(),
+            ca_dir.display().to_string(),
+            "--tokens".to_owned(),
+            tokens.display().to_string(),
+            "--listen".to_owned(),
+            format!("{ip}:15012"),
+            "--serving-ip".to_owned(),
+            ip.to_string(),
+            "--poll-interval".to_owned(),
+            "200ms".to_owned(),
+        ];
+        let mut process = Process::spawn(
+            "controlplane",
+            PathBuf::from("ip"),
+            &args,
+            &[("RUST_LOG", "info".to_owned())],
+        );
+        process.wait_for_line("control plane ready").await;
+        self.control_plane = Some(ControlPlane {
+            process,
+            address: format!("https://{ip}:15012"),
+            root: ca_dir.join("root-cert.pem"),
+            config_dir,
+        });
+    }
+
+    /// The control plane's process.
+    pub fn control_plane(&mut self) -> &mut Process {
+        &mut self
+            .control_plane
+            .as_mut()
+            .expect("no control plane started")
+            .process
+    }
+
+    /// Stops the control plane with SIGKILL (a crash, not a shutdown).
+    pub async fn kill_control_plane(&mut self) {
+        let cp = self
+            .control_plane
+            .as_mut()
+            .expect("no control plane started");
+        cp.process.kill().await;
+    }
+
+    /// Starts the control plane again on the same directories (same root, same tokens).
+    pub async fn restart_control_plane(&mut self, node: NodeId) {
+        let cp = self.control_plane.take().expect("no control plane started");
+        let extra = std::fs::read_to_string(cp.config_dir.join("cluster.yaml")).unwrap();
+        drop(cp);
+        // The generated part is rewritten identically; keep only what the test added.
+        let generated = self.cluster_yaml("");
+        let extra = extra
+            .strip_prefix(generated.as_str())
+            .unwrap_or("")
+            .to_owned();
+        self.start_control_plane(node, &extra).await;
     }
 
     /// Starts the agent, then ztunnel, of every node.
@@ -316,5 +503,6 @@ impl Drop for Mesh {
         // Processes first (killed on drop), then the namespaces they ran in.
         self.ztunnels.clear();
         self.agents.clear();
+        self.control_plane = None;
     }
 }

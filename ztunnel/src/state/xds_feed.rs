@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use mesh::xds::{Delta, Rejection, XdsHandler};
 use prost::Message;
-use tracing::{debug, warn};
+use tracing::{info, warn};
 use xds_proto::istio::security::Authorization;
 use xds_proto::istio::workload::Address;
 
@@ -76,6 +76,7 @@ fn decode<M: Message + Default>(
 impl XdsHandler for TypeHandler {
     fn apply(&mut self, type_url: &str, delta: Delta) -> Result<(), Vec<Rejection>> {
         let mut rejections = Vec::new();
+        let (added, removed) = (delta.added.len(), delta.removed.len());
         let refused = {
             let mut state = self.feed.state();
             let refused = if self.addresses {
@@ -86,7 +87,14 @@ impl XdsHandler for TypeHandler {
                 state.apply_authorizations(added, removed)
             };
             let generation = self.feed.directory.replace(state.snapshot());
-            debug!(type_url, generation, "xDS update applied");
+            info!(
+                type_url,
+                added,
+                removed,
+                refused = refused.len(),
+                generation,
+                "xDS update applied"
+            );
             refused
         };
         for (name, invalid) in refused {
