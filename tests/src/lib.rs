@@ -176,8 +176,9 @@ impl Process {
     pub fn spawn(name: &str, program: PathBuf, args: &[String], env: &[(&str, String)]) -> Self {
         let mut child = Command::new(&program)
             .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            // The test's own RUST_LOG never leaks into a child; the caller's choice does.
             .env_remove("RUST_LOG")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)

@@ -104,6 +104,24 @@ impl Mesh {
         pod
     }
 
+    /// Adds a pod at a fixed address (see [`Cluster::add_pod_at`]) with its workload. Add every
+    /// node first: routes to the pod are made on the nodes that exist.
+    pub fn add_pod_at(
+        &mut self,
+        node: NodeId,
+        name: &str,
+        namespace: &str,
+        service_account: &str,
+        ip: std::net::Ipv4Addr,
+    ) -> Pod {
+        let pod = self.cluster.add_pod_at(node, name, ip);
+        let mut workload = Workload::new(name, namespace, ip);
+        workload.service_account = service_account.to_owned();
+        workload.node = self.cluster.node(node).name().to_owned();
+        self.world.workloads.push(workload);
+        pod
+    }
+
     /// The workload of pod `name`, to edit before [`Mesh::write_config`].
     pub fn workload_mut(&mut self, name: &str) -> &mut Workload {
         self.world
@@ -337,10 +355,15 @@ impl Mesh {
 
     /// Writes the control plane's configuration (atomically, as a ConfigMap update would).
     pub fn write_cluster_yaml(&self, extra: &str) {
+        self.write_cluster_text(&self.cluster_yaml(extra));
+    }
+
+    /// Writes `text` as the control plane's whole configuration.
+    pub fn write_cluster_text(&self, text: &str) {
         let dir = self.world.dir().join("cluster");
         std::fs::create_dir_all(&dir).unwrap();
         let staging = self.world.dir().join("cluster.yaml.new");
-        std::fs::write(&staging, self.cluster_yaml(extra)).unwrap();
+        std::fs::write(&staging, text).unwrap();
         std::fs::rename(&staging, dir.join("cluster.yaml")).unwrap();
     }
 
@@ -348,7 +371,13 @@ impl Mesh {
     /// `extra` documents) to every node's ztunnel: from then on ztunnels started get their
     /// configuration over xDS and their certificates from its CA. One token per node.
     pub async fn start_control_plane(&mut self, node: NodeId, extra: &str) {
-        self.write_cluster_yaml(extra);
+        let text = self.cluster_yaml(extra);
+        self.start_control_plane_with(node, &text).await;
+    }
+
+    /// [`Mesh::start_control_plane`] serving exactly `text`.
+    pub async fn start_control_plane_with(&mut self, node: NodeId, text: &str) {
+        self.write_cluster_text(text);
         let mut callers = String::from("callers:\n");
         let nodes: Vec<NodeId> = self.cluster.nodes().iter().map(|n| n.id()).collect();
         for n in nodes {

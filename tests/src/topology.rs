@@ -200,6 +200,60 @@ impl Cluster {
         pod
     }
 
+    /// Adds a pod on `node` with a given address outside the node's range (as a CNI that
+    /// routes per pod does): `ip/32` on `eth0`, the node's bridge address as an on-link gateway
+    /// (the node answers ARP for its own addresses on any interface), a host route on the node
+    /// and one on every other node via the link to it. For worlds whose addresses are fixed in
+    /// advance (the conformance world).
+    pub fn add_pod_at(&mut self, node: NodeId, name: &str, ip: Ipv4Addr) -> Pod {
+        self.assert_new_name(name);
+        let netns = Netns::create(&format!("{}-{name}", self.test));
+        sysctls(&netns, &[]);
+        let host = self.node_mut(node);
+        let n = host.next_host;
+        assert!(n < 255, "node {} is full", node.0);
+        host.next_host += 1;
+        let node_iface = format!("vpod{n}");
+        let (node_ns, pod_ns) = (host.netns.name().to_owned(), netns.name().to_owned());
+        ipn(
+            &node_ns,
+            &format!("link add {node_iface} type veth peer name eth0 netns {pod_ns}"),
+        );
+        ipn(&node_ns, &format!("link set {node_iface} up"));
+        ipn(&node_ns, &format!("route add {ip}/32 dev {node_iface}"));
+        let gateway = host.gateway();
+        ipn(&pod_ns, &format!("addr add {ip}/32 dev eth0"));
+        ipn(&pod_ns, "link set eth0 up");
+        ipn(
+            &pod_ns,
+            &format!("route add default via {gateway} dev eth0 onlink"),
+        );
+        let links: Vec<(String, Ipv4Addr)> = self
+            .nodes
+            .iter()
+            .filter(|other| other.id != node)
+            .filter_map(|other| {
+                let via = other.links.iter().find(|(peer, _)| *peer == node)?;
+                Some((
+                    other.netns.name().to_owned(),
+                    link_peer_address(&other.netns, &via.1),
+                ))
+            })
+            .collect();
+        for (other_ns, via) in links {
+            ipn(&other_ns, &format!("route add {ip}/32 via {via}"));
+        }
+        let pod = Pod(Arc::new(PodInner {
+            name: name.to_owned(),
+            node,
+            ip,
+            node_iface,
+            netns,
+        }));
+        self.pods.push(pod.clone());
+        pod
+    }
+
     /// The node `id`.
     pub fn node(&self, id: NodeId) -> &Node {
         self.nodes
@@ -283,6 +337,20 @@ fn link(a: &mut Node, b: &mut Node, p: u8) {
 }
 
 /// Addresses one end of a link and routes the peer node's pod range over it.
+/// The address of the other end of `iface` (a /30 link): ours with the last bit flipped.
+fn link_peer_address(netns: &Netns, iface: &str) -> Ipv4Addr {
+    let shown = netns.exec_output("ip", &["-4", "-o", "addr", "show", "dev", iface]);
+    let own: Ipv4Addr = shown
+        .split_whitespace()
+        .skip_while(|word| *word != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .and_then(|ip| ip.parse().ok())
+        .unwrap_or_else(|| panic!("no IPv4 address on {iface}: {shown}"));
+    let [a, b, c, d] = own.octets();
+    Ipv4Addr::new(a, b, c, d ^ 3)
+}
+
 fn link_end(node: &Node, iface: &str, own: Ipv4Addr, peer: NodeId, via: Ipv4Addr) {
     let ns = node.netns.name();
     ipn(ns, &format!("addr add {own}/30 dev {iface}"));

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use mesh::xds::{Delta, Rejection, XdsHandler};
 use prost::Message;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use xds_proto::istio::security::Authorization;
 use xds_proto::istio::workload::Address;
 
@@ -77,6 +77,11 @@ impl XdsHandler for TypeHandler {
     fn apply(&mut self, type_url: &str, delta: Delta) -> Result<(), Vec<Rejection>> {
         let mut rejections = Vec::new();
         let (added, removed) = (delta.added.len(), delta.removed.len());
+        // Names only at debug: a full push can hold thousands.
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let names: Vec<&str> = delta.added.iter().map(|r| r.name.as_str()).collect();
+            debug!(type_url, added = ?names, removed = ?delta.removed, "xDS resources received");
+        }
         let refused = {
             let mut state = self.feed.state();
             let refused = if self.addresses {
