@@ -386,3 +386,150 @@ fn config_changes_apply_to_new_connections_without_a_restart() {
         );
     });
 }
+
+#[test]
+fn a_policy_change_closes_the_open_connections_it_no_longer_allows() {
+    in_private_netns("recheck", || async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        /// One echo round trip on an open connection, bounded in time.
+        async fn echo(stream: &mut tokio::net::TcpStream, seed: u8, what: &str) {
+            let probe = payload(512, seed);
+            let mut back = vec![0u8; probe.len()];
+            timeout(WAIT, async {
+                stream.write_all(&probe).await?;
+                stream.read_exact(&mut back).await
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no echo within {WAIT:?}"))
+            .unwrap_or_else(|e| panic!("{what}: echo failed: {e}"));
+            assert_eq!(back, probe, "{what}: echo intact");
+        }
+
+        /// The connection ends (EOF or an error) without another byte, bounded in time.
+        async fn closed(stream: &mut tokio::net::TcpStream, what: &str) {
+            let mut byte = [0u8; 1];
+            match timeout(WAIT, stream.read(&mut byte)).await {
+                Err(_) => panic!("{what}: still open {WAIT:?} after the policy change"),
+                Ok(Ok(0) | Err(_)) => {}
+                Ok(Ok(n)) => panic!("{what}: {n} unexpected byte(s) instead of the close"),
+            }
+        }
+
+        let mut world = storefront("recheck");
+        let api = Server::start(at(API, 8080), Behaviour::Echo).await;
+        let mut ztunnel = world.start_ztunnel().await;
+
+        // Three long-lived connections to api: two mesh clients over HBONE, one plaintext.
+        let mut web = connect_from(IpAddr::V4(WEB), at(API, 8080)).await.unwrap();
+        let mut intruder = connect_from(IpAddr::V4(INTRUDER), at(API, 8080))
+            .await
+            .unwrap();
+        let mut legacy = connect_from(IpAddr::V4(LEGACY), at(API, 8080))
+            .await
+            .unwrap();
+        echo(&mut web, 20, "web before the change").await;
+        echo(&mut intruder, 21, "intruder before the change").await;
+        echo(&mut legacy, 22, "legacy before the change").await;
+        assert_eq!(api.peers().len(), 3, "all three reached the application");
+
+        // A DENY for web's principal on every workload of the namespace.
+        world.policies.push(
+            "- name: deny-web
+  namespace: shop
+  scope: Namespace
+  action: Deny
+  rules:
+  - - - principals: [\"cluster.local/ns/shop/sa/web\"]
+"
+            .into(),
+        );
+        world.write();
+        closed(&mut web, "web after the DENY").await;
+        let line = ztunnel
+            .wait_for_line("connection closed: policy shop/deny-web no longer allows it")
+            .await;
+        for needle in [
+            "src=127.0.0.2",
+            "src_identity=spiffe://cluster.local/ns/shop/sa/web",
+            "dst=127.0.0.3:8080",
+            "protocol=HBONE",
+        ] {
+            assert!(
+                line.contains(needle),
+                "the close line names {needle}: {line}"
+            );
+        }
+        // The whole pass over that generation is done before the others are judged.
+        ztunnel
+            .wait_for_lines(&["open inbound connections re-checked", "generation=2"], 1)
+            .await;
+        assert_eq!(
+            ztunnel.count(&["connection closed:"]),
+            1,
+            "only web was closed"
+        );
+        echo(&mut intruder, 23, "intruder after the DENY").await;
+        echo(&mut legacy, 24, "legacy after the DENY").await;
+
+        // api goes STRICT: the plaintext connection has no identity, the tunnel keeps one.
+        let api_index = world
+            .workloads
+            .iter()
+            .position(|w| w.name == "api")
+            .unwrap();
+        world.workloads[api_index]
+            .policies
+            .push(STRICT_POLICY_NAME.into());
+        world.write();
+        closed(&mut legacy, "plaintext after STRICT").await;
+        let line = ztunnel
+            .wait_for_line(&format!(
+                "connection closed: policy {STRICT_POLICY_NAME} no longer allows it"
+            ))
+            .await;
+        for needle in [
+            "src=127.0.0.9",
+            "src_identity=none",
+            "dst=127.0.0.3:8080",
+            "protocol=plaintext",
+        ] {
+            assert!(
+                line.contains(needle),
+                "the close line names {needle}: {line}"
+            );
+        }
+        ztunnel
+            .wait_for_lines(&["open inbound connections re-checked", "generation=3"], 1)
+            .await;
+        assert_eq!(
+            ztunnel.count(&["connection closed:"]),
+            2,
+            "then only legacy"
+        );
+        echo(&mut intruder, 25, "intruder after STRICT").await;
+
+        // New connections follow the new policies too; the allowed one still ends cleanly.
+        let refused = call(WEB, at(API, 8080), payload(100, 26)).await;
+        assert_refused(&refused, "a new connection from web");
+        intruder.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        timeout(WAIT, intruder.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            rest.is_empty(),
+            "nothing left over on intruder's connection"
+        );
+        ztunnel
+            .wait_for_lines(
+                &[
+                    "inbound connection complete",
+                    "spiffe://cluster.local/ns/shop/sa/intruder",
+                ],
+                1,
+            )
+            .await;
+    });
+}

@@ -15,17 +15,27 @@ use e2e::apps::{Behaviour, Server, checksum, exchange, payload};
 use e2e::mesh::Mesh;
 use e2e::pcap::Capture;
 use e2e::topology::Pod;
-use e2e::world::STRICT_POLICY_NAME;
 
 const PORT: u16 = 8080;
 const MARKER: &[u8] = b"ORDER-4711-CARD-PAN";
 
-const ONLY_WEB: &str = "- name: api-only-web
-  namespace: storefront
-  scope: WorkloadSelector
-  action: Allow
+/// What the platform team wrote: api takes mTLS only, and only from web.
+const API_POLICY: &str = "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: api-strict, namespace: storefront}
+spec:
+  selector: {matchLabels: {app: api}}
+  mtls: {mode: STRICT}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: api-only-web, namespace: storefront}
+spec:
+  selector: {matchLabels: {app: api}}
+  action: ALLOW
   rules:
-  - - - principals: [\"cluster.local/ns/storefront/sa/web\"]
+  - from:
+    - source: {principals: [\"cluster.local/ns/storefront/sa/web\"]}
 ";
 
 fn main() -> ExitCode {
@@ -98,10 +108,6 @@ async fn story() -> usize {
     let catalog = mesh.add_pod(n2, "catalog", "storefront");
     let outsider = mesh.add_pod(n2, "outsider", "partner");
     mesh.workload_mut("legacy").protocol = "TCP";
-    let api_policies = &mut mesh.workload_mut("api").policies;
-    api_policies.push(STRICT_POLICY_NAME.into());
-    api_policies.push("storefront/api-only-web".into());
-    mesh.world.policies.push(ONLY_WEB.into());
     for pod in [&web, &api, &catalog, &outsider] {
         mesh.enroll(pod);
     }
@@ -110,8 +116,11 @@ async fn story() -> usize {
         web.ip(), legacy.ip(), api.ip(), catalog.ip(), outsider.ip()
     ));
     n.say(
-        "Starting on each node the node agent (capture rules + ZDS) and ztunnel (in-pod mode)...",
+        "Starting the control plane on node1 (Kubernetes-style YAML -> xDS, and the CA), then on\n\
+         each node the node agent (capture rules + ZDS) and ztunnel (in-pod mode, configuration\n\
+         over xDS, certificates from the control plane's CA)...",
     );
+    mesh.start_control_plane(n1, API_POLICY).await;
     mesh.start().await;
     let api_server = Server::serve(api.netns().listen(api.addr(PORT)), Behaviour::Echo);
     let catalog_server = Server::serve(catalog.netns().listen(catalog.addr(PORT)), Behaviour::Echo);
@@ -165,8 +174,12 @@ async fn story() -> usize {
     ];
     mesh.ztunnel(n2).wait_for_lines(&verified, 1).await;
     n.check(
-        mesh.ztunnel(n2).count(&verified) == 1,
-        "api's ztunnel verified the caller as spiffe://cluster.local/ns/storefront/sa/web",
+        mesh.ztunnel(n2).count(&verified) == 1
+            && mesh
+                .control_plane()
+                .count(&["certificate issued", "sa/web", "caller=ztunnel-node1"])
+                == 1,
+        "api's ztunnel verified the caller as spiffe://cluster.local/ns/storefront/sa/web, whose\n     certificate node1's ztunnel obtained from the CA on web's behalf",
     );
 
     n.say("\n2. outsider (spiffe://cluster.local/ns/partner/sa/outsider) calls api.");

@@ -1,7 +1,8 @@
 //! Inbound HBONE (15008): the destination pod's side of a tunnel. In visible phases: find the
 //! pod the connection arrived for, prove its identity and verify the client's (mTLS), then per
 //! CONNECT stream: check the target is this pod, authorize, connect the application from the
-//! client's address, answer 200, copy.
+//! client's address, answer 200, copy — until the end, or until a policy change no longer
+//! allows the tunnel (then it is reset and the application connection closed).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -15,14 +16,14 @@ use mesh::tls::{self, TrustBundles};
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::error::{ConnectionError, chain};
-use super::relay::relay;
 use super::scope::Scope;
 use super::socket::UpstreamSocket;
+use super::tracked::{Protocol, Registration};
 use super::{Inputs, authorize, connect_upstream, lock};
-use crate::state::Workload;
+use crate::state::{Snapshot, Workload};
 
 /// Handles one accepted connection on 15008 until the client closes it or the proxy drains.
 pub(super) async fn handle(
@@ -70,23 +71,20 @@ async fn handshake(
     tcp: TcpStream,
     local: SocketAddr,
 ) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, SpiffeId), ConnectionError> {
-    let workload = local_workload(inputs, scope, local)?;
+    let workload = local_workload(&inputs.directory.load(), inputs, scope, local)?;
     let config = server_config(inputs, &workload.identity()).await?;
     tls::accept(config, tcp).await.map_err(ConnectionError::Tls)
 }
 
 fn local_workload(
+    snapshot: &Snapshot,
     inputs: &Inputs,
     scope: &Scope,
     local: SocketAddr,
 ) -> Result<Arc<Workload>, ConnectionError> {
-    scope.workload_at(
-        &inputs.directory.load(),
-        &inputs.network,
-        &inputs.node,
-        local.ip(),
-        || ConnectionError::UnknownDestination(local),
-    )
+    scope.workload_at(snapshot, &inputs.network, &inputs.node, local.ip(), || {
+        ConnectionError::UnknownDestination(local)
+    })
 }
 
 /// The TLS server configuration for `identity`, rebuilt only when its certificate changes.
@@ -127,7 +125,7 @@ impl TunnelContext {
         let started = Instant::now();
         let authority = tunnel.authority().to_string();
         match self.open_upstream(tunnel.authority()).await {
-            Ok(mut upstream) => {
+            Ok((mut upstream, registration)) => {
                 let mut stream = match tunnel.accept(http::HeaderMap::new()) {
                     Ok(stream) => stream,
                     Err(err) => {
@@ -136,16 +134,21 @@ impl TunnelContext {
                         return;
                     }
                 };
-                match relay(&mut stream, &mut upstream).await {
-                    Ok(moved) => info!(
+                match registration.relay(&mut stream, &mut upstream).await {
+                    Some(Ok(moved)) => info!(
                         src = %self.peer, src_identity = %self.client_id, dst = %authority,
                         sent = moved.received, received = moved.sent,
                         duration_ms = started.elapsed().as_millis(), "inbound connection complete"
                     ),
-                    Err(err) => {
+                    Some(Err(err)) => {
                         let err = ConnectionError::Relay(err);
                         warn!(src = %self.peer, src_identity = %self.client_id, dst = %authority, error = %chain(&err), "inbound tunnel failed");
                     }
+                    // The close was logged with its reason; dropping the stream resets it.
+                    None => debug!(
+                        src = %self.peer, src_identity = %self.client_id, dst = %authority,
+                        duration_ms = started.elapsed().as_millis(), "inbound tunnel reset after a policy change"
+                    ),
                 }
             }
             Err(err) => {
@@ -157,8 +160,12 @@ impl TunnelContext {
         }
     }
 
-    /// Everything that must hold before the client may be told 200.
-    async fn open_upstream(&self, authority: &Authority) -> Result<TcpStream, ConnectionError> {
+    /// Everything that must hold before the client may be told 200. The tunnel is tracked
+    /// from here on, so a later policy change can close it.
+    async fn open_upstream(
+        &self,
+        authority: &Authority,
+    ) -> Result<(TcpStream, Registration), ConnectionError> {
         let target = match authority {
             Authority::Addr(addr) => *addr,
             Authority::Host { host, port } => {
@@ -171,17 +178,37 @@ impl TunnelContext {
                 local: self.local,
             });
         }
-        let workload = local_workload(&self.inputs, &self.scope, SocketAddr::new(self.local, 0))?;
+        let snapshot = self.inputs.directory.load();
+        let workload = local_workload(
+            &snapshot,
+            &self.inputs,
+            &self.scope,
+            SocketAddr::new(self.local, 0),
+        )?;
         let attrs = ConnectionAttrs {
             source_identity: Some(self.client_id.clone()),
             source_ip: self.peer.ip(),
             destination_ip: target.ip(),
             destination_port: target.port(),
         };
-        authorize(&self.inputs, &workload, &attrs)?;
+        authorize(&snapshot, &workload, &attrs)?;
+        let authorized = snapshot.generation();
+        drop(snapshot);
         // The application sees the client's address, unless client and pod are the same.
         let source = (self.peer.ip() != target.ip()).then_some(self.peer.ip());
         let how = UpstreamSocket { mark: true, source };
-        connect_upstream(target, how, &self.scope.origin()).await
+        let upstream = connect_upstream(target, how, &self.scope.origin()).await?;
+        let registration = self
+            .inputs
+            .tracked
+            .register(
+                &self.inputs.directory,
+                authorized,
+                workload,
+                attrs,
+                Protocol::Hbone,
+            )
+            .map_err(|reason| reason.into_error(target))?;
+        Ok((upstream, registration))
     }
 }

@@ -1,6 +1,7 @@
 //! Inbound plaintext (15006): a connection to a local pod that did not come over HBONE. It has
 //! no peer identity, so STRICT mTLS (a DENY on "no principal") refuses it; PERMISSIVE lets it
-//! through to the application, from the client's own address.
+//! through to the application, from the client's own address. A connection a later policy
+//! change no longer allows is closed, on both legs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,13 +9,22 @@ use std::time::Instant;
 
 use mesh::policy::ConnectionAttrs;
 use tokio::net::TcpStream;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::error::{ConnectionError, chain};
-use super::relay::{Transferred, relay};
+use super::relay::Transferred;
 use super::scope::Scope;
 use super::socket::{self, UpstreamSocket};
+use super::tracked::Protocol;
 use super::{Inputs, authorize, connect_upstream};
+
+/// How a relayed connection ended.
+enum Ended {
+    /// Both directions finished.
+    Complete(Transferred),
+    /// A policy change no longer allows it (logged with the reason where it was decided).
+    Closed,
+}
 
 /// Handles one captured plaintext connection to its end, logging the outcome once.
 pub(super) async fn handle(
@@ -25,9 +35,14 @@ pub(super) async fn handle(
 ) {
     let started = Instant::now();
     match proxy(&inputs, &scope, &mut downstream, peer).await {
-        Ok((dst, moved)) => info!(
+        Ok((dst, Ended::Complete(moved))) => info!(
             src = %peer, dst = %dst, sent = moved.received, received = moved.sent,
             duration_ms = started.elapsed().as_millis(), "inbound plaintext connection complete"
+        ),
+        // Returning drops both sockets: the client and the application see the close.
+        Ok((dst, Ended::Closed)) => debug!(
+            src = %peer, dst = %dst, duration_ms = started.elapsed().as_millis(),
+            "inbound plaintext connection closed after a policy change"
         ),
         Err(err) => {
             warn!(src = %peer, error = %chain(&err), "inbound plaintext connection refused")
@@ -40,11 +55,12 @@ async fn proxy(
     scope: &Scope,
     downstream: &mut TcpStream,
     peer: SocketAddr,
-) -> Result<(SocketAddr, Transferred), ConnectionError> {
+) -> Result<(SocketAddr, Ended), ConnectionError> {
     let original =
         socket::original_destination(downstream).map_err(ConnectionError::OriginalDestination)?;
+    let snapshot = inputs.directory.load();
     let workload = scope.workload_at(
-        &inputs.directory.load(),
+        &snapshot,
         &inputs.network,
         &inputs.node,
         original.ip(),
@@ -56,12 +72,27 @@ async fn proxy(
         destination_ip: original.ip(),
         destination_port: original.port(),
     };
-    authorize(inputs, &workload, &attrs)?;
+    authorize(&snapshot, &workload, &attrs)?;
+    let authorized = snapshot.generation();
+    drop(snapshot);
     let source = (peer.ip() != original.ip()).then_some(peer.ip());
     let how = UpstreamSocket { mark: true, source };
     let mut upstream = connect_upstream(original, how, &scope.origin()).await?;
-    let moved = relay(downstream, &mut upstream)
-        .await
-        .map_err(ConnectionError::Relay)?;
-    Ok((original, moved))
+    let registration = inputs
+        .tracked
+        .register(
+            &inputs.directory,
+            authorized,
+            workload,
+            attrs,
+            Protocol::Plaintext,
+        )
+        .map_err(|reason| reason.into_error(original))?;
+    match registration.relay(downstream, &mut upstream).await {
+        Some(moved) => Ok((
+            original,
+            Ended::Complete(moved.map_err(ConnectionError::Relay)?),
+        )),
+        None => Ok((original, Ended::Closed)),
+    }
 }

@@ -2,7 +2,8 @@
 //! [`outbound`] (15001: captured client connections → HBONE or TCP, routed by [`route`]),
 //! [`inbound`] (15008: HBONE tunnels → the application), [`inbound_plaintext`] (15006:
 //! non-HBONE connections to a pod → policy → the application); [`relay`] copies bytes and
-//! [`socket`] holds the socket options all of them need.
+//! [`socket`] holds the socket options all of them need. Inbound connections stay registered
+//! in [`tracked`] while open, so a policy change closes the ones it no longer allows.
 //!
 //! Shutdown drains: listeners stop accepting, HBONE connections get GOAWAY, and open
 //! connections have the drain timeout to finish before they are cut.
@@ -15,16 +16,17 @@ mod relay;
 mod route;
 pub mod scope;
 pub mod socket;
+mod tracked;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::time::Duration;
 
 use mesh::hbone::pool::Pool;
 use mesh::identity::{CertStore, SpiffeId};
-use mesh::policy::{ConnectionAttrs, Verdict, applicable, evaluate};
+use mesh::policy::{ConnectionAttrs, Decision, Verdict, applicable, evaluate};
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -34,7 +36,7 @@ use tracing::{info, warn};
 pub use error::ConnectionError;
 pub use scope::{EnrolledPod, Scope};
 
-use crate::state::{Directory, Workload};
+use crate::state::{Directory, Snapshot, Workload};
 
 /// Longest a connect to an application or plain-TCP destination may take (upstream's value).
 pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,6 +56,10 @@ pub struct Inputs {
     /// Default cluster id for baggage.
     pub cluster_id: String,
     server_configs: Mutex<HashMap<SpiffeId, (String, Arc<ServerConfig>)>>,
+    /// Open inbound connections, re-checked on every policy change.
+    tracked: tracked::Tracked,
+    /// Starts the re-check task once per process, however many proxies share these inputs.
+    recheck_started: Once,
 }
 
 impl Inputs {
@@ -74,7 +80,17 @@ impl Inputs {
             node,
             cluster_id,
             server_configs: Mutex::new(HashMap::new()),
+            tracked: tracked::Tracked::new(),
+            recheck_started: Once::new(),
         }
+    }
+
+    /// Starts, on the current runtime and only the first time, the task that closes open
+    /// inbound connections a configuration change no longer allows.
+    fn start_recheck(&self) {
+        self.recheck_started.call_once(|| {
+            drop(tokio::spawn(self.tracked.follow(&self.directory)));
+        });
     }
 }
 
@@ -85,22 +101,32 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Applies the policies that bind `workload` to a connection; a dry-run verdict is only logged.
-fn authorize(
-    inputs: &Inputs,
+/// The policies of `snapshot` that bind `workload`, evaluated for a connection.
+fn decide(
+    snapshot: &Snapshot,
     workload: &Workload,
     attrs: &ConnectionAttrs,
-) -> Result<(), ConnectionError> {
-    let snapshot = inputs.directory.load();
+) -> (Decision, Vec<String>) {
     let selected = applicable(
         snapshot.policies(),
         workload.namespace(),
         &workload.authorization_policies,
     );
-    for unknown in &selected.unknown {
+    let decision = evaluate(selected.policies.iter().copied(), attrs);
+    (decision, selected.unknown)
+}
+
+/// Applies the policies of `snapshot` that bind `workload` to a new connection; a dry-run
+/// verdict is only logged.
+fn authorize(
+    snapshot: &Snapshot,
+    workload: &Workload,
+    attrs: &ConnectionAttrs,
+) -> Result<(), ConnectionError> {
+    let (decision, unknown) = decide(snapshot, workload, attrs);
+    for unknown in &unknown {
         warn!(workload = %workload.uid, policy = %unknown, "workload lists an unknown policy; skipped");
     }
-    let decision = evaluate(selected.policies.iter().copied(), attrs);
     if let Some(dry_run) = &decision.dry_run {
         info!(workload = %workload.uid, src = %attrs.source_ip, verdict = ?dry_run.verdict,
             "dry-run policy evaluated (not enforced)");
@@ -109,6 +135,12 @@ fn authorize(
         Verdict::Allow => Ok(()),
         Verdict::Deny(reason) => Err(ConnectionError::Denied(reason)),
     }
+}
+
+/// The verdict [`authorize`] would reach, without its log lines: for re-checking connections
+/// already open (dry-run policies never change it).
+fn enforced_verdict(snapshot: &Snapshot, workload: &Workload, attrs: &ConnectionAttrs) -> Verdict {
+    decide(snapshot, workload, attrs).0.verdict
 }
 
 /// Connects to an application or plain-TCP destination, bounded by
@@ -219,6 +251,7 @@ impl Proxy {
         drain_timeout: Duration,
         cut: CancellationToken,
     ) {
+        self.inputs.start_recheck();
         let tracker = TaskTracker::new();
         let force = cut;
         let Self {
