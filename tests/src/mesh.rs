@@ -26,6 +26,8 @@ pub struct Mesh {
     pub unenroll_drain: &'static str,
     /// The agents' `--rules` engine (`iptables` or `nftables`).
     pub rules: &'static str,
+    /// ztunnels' `--secret-ttl` (certificate lifetime asked of the CA), when not the default.
+    pub secret_ttl: Option<&'static str>,
     control_plane: Option<ControlPlane>,
 }
 
@@ -85,6 +87,7 @@ impl Mesh {
             drain_timeout: "2s",
             unenroll_drain: "3s",
             rules: "iptables",
+            secret_ttl: None,
             control_plane: None,
         }
     }
@@ -229,6 +232,9 @@ impl Mesh {
             "--drain-timeout".to_owned(),
             self.drain_timeout.to_owned(),
         ];
+        if let Some(ttl) = self.secret_ttl {
+            args.extend(["--secret-ttl".to_owned(), ttl.to_owned()]);
+        }
         match &self.control_plane {
             // Everything from the control plane: configuration over xDS, certificates from its CA.
             Some(cp) => args.extend([
@@ -313,6 +319,17 @@ impl Mesh {
                 "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{istio.io/dataplane-mode: ambient}}}}\n---\n"
             ));
         }
+        let accounts: BTreeSet<(&str, &str)> = self
+            .world
+            .workloads
+            .iter()
+            .map(|w| (w.namespace.as_str(), w.service_account.as_str()))
+            .collect();
+        for (ns, sa) in accounts {
+            out.push_str(&format!(
+                "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: {ns}}}\n---\n"
+            ));
+        }
         for w in &self.world.workloads {
             let opt_out = if w.protocol == "TCP" {
                 ", istio.io/dataplane-mode: none"
@@ -320,8 +337,7 @@ impl Mesh {
                 ""
             };
             out.push_str(&format!(
-                "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: {ns}}}\n---\n\
-                 apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, uid: uid-{name}, labels: {{app: {name}{opt_out}}}}}\n\
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, uid: uid-{name}, labels: {{app: {name}{opt_out}}}}}\n\
                  spec: {{serviceAccountName: {sa}, nodeName: {node}, containers: [{{name: app, image: app}}]}}\n\
                  status: {{podIP: {ip}, phase: Running, conditions: [{{type: Ready, status: \"True\"}}]}}\n---\n",
                 sa = w.service_account,

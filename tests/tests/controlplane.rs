@@ -210,3 +210,44 @@ fn the_mesh_keeps_working_while_the_control_plane_is_down_and_resyncs_after() {
         );
     });
 }
+
+#[test]
+fn a_certificate_stays_in_use_while_the_ca_is_down_at_its_refresh() {
+    run(async {
+        let mut mesh = Mesh::new("cadown");
+        // 130 s asked, minus the CA's 2-minute backdating: half-life falls ~5 s after issue,
+        // while the certificate stays valid for 130 s.
+        mesh.secret_ttl = Some("130s");
+        let (n1, n2) = (mesh.add_node("n1"), mesh.add_node("n2"));
+        let web = mesh.add_pod(n1, "web", "storefront");
+        let web2 = mesh.add_pod(n1, "web2", "storefront");
+        mesh.workload_mut("web2").service_account = "web".into();
+        let api = mesh.add_pod(n2, "api", "payments");
+        for pod in [&web, &web2, &api] {
+            mesh.enroll(pod);
+        }
+        mesh.start_control_plane(n1, "").await;
+        mesh.start().await;
+        let _server = Server::serve(api.netns().listen(api.addr(PORT)), Behaviour::Echo);
+        assert_eq!(
+            call(&web, api.addr(PORT)).await,
+            Some(true),
+            "before the CA goes away"
+        );
+
+        mesh.kill_control_plane().await;
+        let retained = [
+            "certificate renewal failed; retaining the current certificate",
+            "spiffe://cluster.local/ns/storefront/sa/web",
+        ];
+        mesh.ztunnel(n1).wait_for_lines(&retained, 1).await;
+        // web2 shares web's identity but has no HBONE connection yet: this one needs a new
+        // handshake, made with the retained certificate.
+        assert_eq!(
+            call(&web2, api.addr(PORT)).await,
+            Some(true),
+            "new handshake while the CA is down"
+        );
+        assert_eq!(call(&web, api.addr(PORT)).await, Some(true));
+    });
+}

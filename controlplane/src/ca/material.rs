@@ -16,7 +16,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use mesh::identity::{CaLimits, LocalCa, SpiffeId, TrustDomain, certs_from_pem};
 use tracing::info;
@@ -95,10 +95,9 @@ pub fn load_or_create(
         create(dir, trust_domain, limits)?
     };
     prove(dir, &material.ca, trust_domain)?;
-    let roots = material.ca.roots();
-    info!(target: "audit", dir = %dir.display(), mode = material.mode, roots = roots.len(),
-        intermediates_in_chain = !material.ca.roots().is_empty(),
-        default_ttl = ?limits.default_ttl, max_ttl = ?limits.max_ttl, "CA configuration loaded");
+    info!(target: "audit", dir = %dir.display(), mode = material.mode,
+        roots = material.ca.roots().len(), default_ttl = ?limits.default_ttl,
+        max_ttl = ?limits.max_ttl, "CA configuration loaded");
     Ok(material)
 }
 
@@ -185,7 +184,7 @@ fn create(
     let roots_path = dir.join("root-cert.pem");
     write(&roots_path, &cert_pem, 0o644)?;
     info!(target: "audit", dir = %dir.display(), %trust_domain,
-        valid_until = ?SystemTime::now() + GENERATED_ROOT_VALIDITY, "CA root generated");
+        validity_days = GENERATED_ROOT_VALIDITY.as_secs() / 86_400, "CA root generated");
     Ok(CaMaterial {
         ca,
         mode: "self-signed",
