@@ -236,3 +236,134 @@ fn tempdir_with_other_key(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::write(other.join("ca-key.pem"), stranger_key).unwrap();
     other
 }
+
+/// Runs openssl (a real external CA's tooling) in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is needed for the intermediate-CA test");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn an_intermediate_under_an_external_root_signs_and_the_chain_says_so() {
+    let dir = std::env::temp_dir().join(format!("ca-intermediate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_ext = "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n";
+    std::fs::write(dir.join("ca.ext"), ca_ext).unwrap();
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "3",
+            "-subj",
+            "/O=Example Corp/CN=external root",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+            "root-key.pem",
+            "-out",
+            "root-cert.pem",
+        ],
+    );
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/O=cluster.local/CN=mesh intermediate",
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca.csr",
+        ],
+    );
+    openssl(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "ca.csr",
+            "-CA",
+            "root-cert.pem",
+            "-CAkey",
+            "root-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ca.ext",
+            "-out",
+            "ca-cert.pem",
+        ],
+    );
+    let chain = std::fs::read_to_string(dir.join("ca-cert.pem")).unwrap()
+        + &std::fs::read_to_string(dir.join("root-cert.pem")).unwrap();
+    std::fs::write(dir.join("cert-chain.pem"), chain).unwrap();
+    std::fs::remove_file(dir.join("root-key.pem")).unwrap();
+
+    let material = load_or_create(&dir, &td(), CaLimits::default()).unwrap();
+    assert_eq!(material.mode, "plugged-in");
+    let service = CaService::new(
+        Arc::new(material.ca),
+        td(),
+        Tokens::from_callers([(
+            APP_TOKEN.to_owned(),
+            Caller {
+                name: "web".into(),
+                node: "node1".into(),
+                namespace: "storefront".into(),
+                service_account: "web".into(),
+            },
+        )]),
+        BTreeSet::new(),
+    );
+    let elements = service
+        .create_certificate(request(Some(APP_TOKEN), None, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .cert_chain;
+    assert_eq!(elements.len(), 3, "[leaf, intermediate, root bundle]");
+    let intermediate =
+        certs_from_pem(&std::fs::read_to_string(dir.join("ca-cert.pem")).unwrap()).unwrap();
+    assert_eq!(
+        certs_from_pem(&elements[1]).unwrap(),
+        intermediate,
+        "the intermediate, once"
+    );
+    let roots = certs_from_pem(&elements[2]).unwrap();
+    let leaf_and_intermediate = vec![
+        certs_from_pem(&elements[0]).unwrap().remove(0),
+        intermediate[0].clone(),
+    ];
+    let proven = mesh::tls::verify_workload_chain(&leaf_and_intermediate, &roots).unwrap();
+    assert_eq!(
+        proven,
+        id("storefront", "web"),
+        "the chain verifies to the external root"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
