@@ -155,7 +155,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (snapshots, watcher) = watch::channel(first.snapshot);
 
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    tokio::spawn(mesh::shutdown::stop_on_signal(shutdown.clone()));
     tokio::spawn(source::follow(
         args.config_dir.clone(),
         options,
@@ -207,20 +207,4 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("serving")?;
     info!("control plane stopped");
     Ok(())
-}
-
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        warn!("cannot listen for SIGTERM/SIGINT; stop with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received; shutting down"),
-        _ = int.recv() => info!("SIGINT received; shutting down"),
-    }
-    shutdown.cancel();
 }

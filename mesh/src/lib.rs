@@ -13,5 +13,6 @@ pub mod grpc;
 pub mod hbone;
 pub mod identity;
 pub mod policy;
+pub mod shutdown;
 pub mod tls;
 pub mod xds;

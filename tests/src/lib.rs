@@ -60,6 +60,16 @@ where
     }
 }
 
+/// Runs `body` on a current-thread runtime of the calling thread: what tests that switch this
+/// thread into pod namespaces to make sockets (`netns::Netns::enter`) need.
+pub fn on_current_thread<F: Future<Output = ()>>(body: F) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(body);
+}
+
 /// Runs a command to completion; panics with its output if it fails.
 pub fn run(program: &str, args: &[&str]) {
     let output = std::process::Command::new(program)

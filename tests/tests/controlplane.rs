@@ -5,13 +5,12 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 
-use e2e::WAIT;
 use e2e::apps::{Behaviour, Server, checksum, exchange, payload};
 use e2e::mesh::Mesh;
 use e2e::topology::Pod;
+use e2e::{WAIT, on_current_thread as run};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -28,14 +27,6 @@ spec:
   - from:
     - source: {principals: [\"cluster.local/ns/storefront/sa/web\"]}
 ";
-
-fn run<F: Future<Output = ()>>(body: F) {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(body);
-}
 
 /// `Some(true)`: the echo came back intact; `None`: refused.
 async fn call(from: &Pod, to: SocketAddr) -> Option<bool> {

@@ -7,15 +7,14 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use e2e::WAIT;
 use e2e::apps::{Behaviour, Server, checksum, exchange};
 use e2e::mesh::Mesh;
 use e2e::pcap::{Capture, Recorded};
 use e2e::topology::Pod;
 use e2e::world::{STRICT_POLICY_NAME, Service};
+use e2e::{WAIT, on_current_thread as run};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -25,16 +24,6 @@ const DB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 /// Written into every payload, often enough that each TCP segment carries some whole copies: if
 /// a capture finds it, application bytes crossed that link in clear.
 const MARKER: &[u8] = b"ZT-PLAINTEXT-MARKER";
-
-/// Runs a test body on a current-thread runtime (the test helpers switch this thread into pod
-/// namespaces to make sockets there).
-fn run<F: Future<Output = ()>>(body: F) {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(body);
-}
 
 /// `len` bytes: the marker every 256 bytes, position-dependent filler between.
 fn marked_payload(len: usize, seed: u8) -> Vec<u8> {

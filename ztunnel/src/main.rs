@@ -60,7 +60,7 @@ fn run_node_agent(config: ztunnel::agent::AgentConfig) -> anyhow::Result<()> {
         .context("starting the node agent runtime")?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
+        tokio::spawn(mesh::shutdown::stop_on_signal(shutdown.clone()));
         ztunnel::agent::run(config, shutdown)
             .await
             .context("node agent")
@@ -132,7 +132,7 @@ async fn run(config: Config, host: Option<Arc<HostNetns>>, control: Handle) -> a
         config.node_name.clone(),
         config.cluster_id.clone(),
     ));
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    tokio::spawn(mesh::shutdown::stop_on_signal(shutdown.clone()));
     match host {
         Some(host) => serve_in_pod(&config, inputs, host, control, shutdown).await,
         None => serve_dedicated(&config, inputs, shutdown).await,
@@ -421,20 +421,4 @@ fn local_ca(config: &Config) -> anyhow::Result<LocalCa> {
             .context("generating a root CA")
         }
     }
-}
-
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        warn!("cannot listen for SIGTERM/SIGINT; stop with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received; shutting down"),
-        _ = int.recv() => info!("SIGINT received; shutting down"),
-    }
-    shutdown.cancel();
 }
