@@ -230,24 +230,22 @@ async fn run_cases() {
         }
         for (i, request) in case.requests.iter().enumerate() {
             let (from, _) = &pods[&request.from];
-            let target = match request.to.strip_prefix("service/") {
+            // The destination's node, when the request names a pod: where a dry-run report is.
+            let (target, destination_node) = match request.to.strip_prefix("service/") {
                 Some(service) => {
                     let (key, port) = service.rsplit_once(':').unwrap();
-                    SocketAddr::new(IpAddr::V4(services[key]), port.parse().unwrap())
+                    let vip = SocketAddr::new(IpAddr::V4(services[key]), port.parse().unwrap());
+                    (vip, None)
                 }
                 None => {
                     let (key, port) = request.to.rsplit_once(':').unwrap();
-                    pods[key].0.addr(port.parse().unwrap())
+                    let pod = &pods[key].0;
+                    (pod.addr(port.parse().unwrap()), Some(pod.node()))
                 }
             };
             let dry_run_needle = format!("src={}", from.ip());
-            let dry_before: usize = nodes
-                .values()
-                .map(|n| {
-                    mesh.ztunnel(*n)
-                        .count(&["dry-run policy evaluated", &dry_run_needle])
-                })
-                .sum();
+            let report = ["dry-run policy evaluated", dry_run_needle.as_str()];
+            let dry_before = destination_node.map(|n| mesh.ztunnel(n).count(&report));
             let observed = attempt(from, target).await;
             let mut ok = observed == request.expect;
             let mut dry_note = String::new();
@@ -257,15 +255,15 @@ async fn run_cases() {
                 } else {
                     "verdict=Allow"
                 };
-                let lines: Vec<String> = nodes
-                    .values()
-                    .flat_map(|n| mesh.ztunnel(*n).lines())
-                    .filter(|l| {
-                        l.contains("dry-run policy evaluated") && l.contains(&dry_run_needle)
-                    })
-                    .collect();
-                let seen =
-                    lines.len() > dry_before && lines.last().is_some_and(|l| l.contains(word));
+                let seen = match (destination_node, dry_before) {
+                    (Some(node), Some(before)) => {
+                        // Written before the verdict reached the client, but read through a
+                        // pipe: wait for it rather than look once.
+                        let lines = mesh.ztunnel(node).wait_for_lines(&report, before + 1).await;
+                        lines.last().is_some_and(|l| l.contains(word))
+                    }
+                    _ => false,
+                };
                 dry_note = format!(
                     ", dry-run expected {want}: {}",
                     if seen { "reported" } else { "NOT reported" }
