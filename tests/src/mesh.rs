@@ -267,29 +267,45 @@ impl Mesh {
         self.ztunnels.insert(node, ztunnel);
     }
 
-    /// Starts upstream's ztunnel (`binary`) on `node` in its in-pod mode, with its built-in test
-    /// CA (so upstream ztunnels trust each other, not ours), and waits until it has taken the
-    /// agent's snapshot.
+    /// Starts upstream's ztunnel (`binary`) on `node` in its in-pod mode and waits until it has
+    /// taken the agent's snapshot: against our control plane when one runs (so it and our
+    /// ztunnels share one CA), else with its built-in test CA and the local config file.
     pub async fn start_upstream_ztunnel(&mut self, node: NodeId, binary: &std::path::Path) {
-        self.write_config();
         let full = vec![
             "netns".to_owned(),
             "exec".to_owned(),
             self.cluster.node(node).netns().name().to_owned(),
             binary.display().to_string(),
         ];
-        let env = [
+        let mut env = vec![
             ("PROXY_MODE", "shared".to_owned()),
             ("INPOD_UDS", self.socket(node).display().to_string()),
-            ("FAKE_CA", "true".to_owned()),
-            ("XDS_ADDRESS", String::new()),
-            (
-                "LOCAL_XDS_PATH",
-                self.world.config_path().display().to_string(),
-            ),
             ("NODE_NAME", self.node_name(node)),
             ("RUST_LOG", "info".to_owned()),
         ];
+        match &self.control_plane {
+            // Our control plane for configuration and certificates, exactly as istiod would be.
+            Some(cp) => env.extend([
+                ("XDS_ADDRESS", cp.address.clone()),
+                ("CA_ADDRESS", cp.address.clone()),
+                ("XDS_ROOT_CA", cp.root.display().to_string()),
+                ("CA_ROOT_CA", cp.root.display().to_string()),
+                ("AUTH_TOKEN", self.token_file(node).display().to_string()),
+                ("POD_NAMESPACE", "istio-system".to_owned()),
+                ("POD_NAME", format!("ztunnel-{}", self.node_name(node))),
+            ]),
+            None => {
+                self.write_config();
+                env.extend([
+                    ("FAKE_CA", "true".to_owned()),
+                    ("XDS_ADDRESS", String::new()),
+                    (
+                        "LOCAL_XDS_PATH",
+                        self.world.config_path().display().to_string(),
+                    ),
+                ]);
+            }
+        }
         let name = format!("upstream-{}", self.node_name(node));
         let mut ztunnel = Process::spawn(&name, PathBuf::from("ip"), &full, &env);
         // Its own snapshot handling, not its readiness line: that one can precede the snapshot.

@@ -242,3 +242,53 @@ fn a_certificate_stays_in_use_while_the_ca_is_down_at_its_refresh() {
         assert_eq!(call(&web, api.addr(PORT)).await, Some(true));
     });
 }
+
+#[test]
+fn upstream_ztunnel_runs_on_our_control_plane_beside_ours() {
+    let upstream = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/peers/ztunnel-upstream");
+    if !upstream.exists() {
+        eprintln!("SKIPPED: ../shared/peers/ztunnel-upstream is absent; interop not tested");
+        return;
+    }
+    run(async {
+        let mut mesh = Mesh::new("cpinterop");
+        let (n1, n2) = (mesh.add_node("n1"), mesh.add_node("n2"));
+        let web = mesh.add_pod(n1, "web", "storefront");
+        let other = mesh.add_pod(n1, "other", "storefront");
+        let api = mesh.add_pod(n2, "api", "payments");
+        for pod in [&web, &other, &api] {
+            mesh.enroll(pod);
+        }
+        mesh.start_control_plane(n1, API_ONLY_WEB).await;
+        // Node 1: upstream's ztunnel; node 2: ours. Same control plane, same CA.
+        mesh.start_agent(n1).await;
+        mesh.start_upstream_ztunnel(n1, &upstream).await;
+        mesh.start_agent(n2).await;
+        mesh.start_ztunnel(n2).await;
+        let server = Server::serve(api.netns().listen(api.addr(PORT)), Behaviour::Echo);
+        assert_eq!(
+            call(&web, api.addr(PORT)).await,
+            Some(true),
+            "upstream -> ours over HBONE"
+        );
+        assert_eq!(
+            call(&other, api.addr(PORT)).await,
+            None,
+            "our policy from our control plane"
+        );
+        assert_eq!(server.peers()[0].ip(), IpAddr::V4(web.ip()));
+        let served = [
+            "inbound connection complete",
+            "spiffe://cluster.local/ns/storefront/sa/web",
+        ];
+        mesh.ztunnel(n2).wait_for_lines(&served, 1).await;
+        let issued = [
+            "certificate issued",
+            "sa/web",
+            "caller=ztunnel-n1",
+            "impersonated=true",
+        ];
+        mesh.control_plane().wait_for_lines(&issued, 1).await;
+    });
+}
