@@ -256,8 +256,10 @@ fn upstream_ztunnel_runs_on_our_control_plane_beside_ours() {
         let (n1, n2) = (mesh.add_node("n1"), mesh.add_node("n2"));
         let web = mesh.add_pod(n1, "web", "storefront");
         let other = mesh.add_pod(n1, "other", "storefront");
+        let catalog = mesh.add_pod(n1, "catalog", "storefront");
         let api = mesh.add_pod(n2, "api", "payments");
-        for pod in [&web, &other, &api] {
+        let front = mesh.add_pod(n2, "front", "storefront");
+        for pod in [&web, &other, &catalog, &api, &front] {
             mesh.enroll(pod);
         }
         mesh.start_control_plane(n1, API_ONLY_WEB).await;
