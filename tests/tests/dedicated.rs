@@ -406,12 +406,15 @@ fn a_policy_change_closes_the_open_connections_it_no_longer_allows() {
             assert_eq!(back, probe, "{what}: echo intact");
         }
 
-        /// The connection ends (EOF or an error) without another byte, bounded in time.
+        /// The connection is cut (reset, not a clean end that would pass for a complete
+        /// answer) without another byte, bounded in time.
         async fn closed(stream: &mut tokio::net::TcpStream, what: &str) {
             let mut byte = [0u8; 1];
             match timeout(WAIT, stream.read(&mut byte)).await {
                 Err(_) => panic!("{what}: still open {WAIT:?} after the policy change"),
-                Ok(Ok(0) | Err(_)) => {}
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                Ok(Err(e)) => panic!("{what}: ended with {e}, expected a reset"),
+                Ok(Ok(0)) => panic!("{what}: ended cleanly; a cut connection must be reset"),
                 Ok(Ok(n)) => panic!("{what}: {n} unexpected byte(s) instead of the close"),
             }
         }

@@ -50,6 +50,17 @@ impl H2Stream {
     }
 }
 
+impl H2Stream {
+    /// Ends the tunnel abnormally: RST_STREAM with CONNECT_ERROR, what RFC 9113 §8.5 says a
+    /// proxy sends when the TCP connection behind a CONNECT was reset or abnormally closed. The
+    /// far end reads an error, not a clean end of stream, so a cut connection is never mistaken
+    /// for a complete one.
+    pub fn abort(&mut self) {
+        self.send.send_reset(h2::Reason::CONNECT_ERROR);
+        self.write_done = true;
+    }
+}
+
 /// Clean endings of a stream: the peer finished or withdrew without claiming an error.
 fn is_clean_reset(err: &h2::Error) -> bool {
     matches!(

@@ -141,14 +141,21 @@ impl TunnelContext {
                         duration_ms = started.elapsed().as_millis(), "inbound connection complete"
                     ),
                     Some(Err(err)) => {
+                        // One leg broke: the other is cut too, not closed as if complete.
+                        stream.abort();
+                        super::socket::reset_on_close(&upstream);
                         let err = ConnectionError::Relay(err);
                         warn!(src = %self.peer, src_identity = %self.client_id, dst = %authority, error = %chain(&err), "inbound tunnel failed");
                     }
-                    // The close was logged with its reason; dropping the stream resets it.
-                    None => debug!(
-                        src = %self.peer, src_identity = %self.client_id, dst = %authority,
-                        duration_ms = started.elapsed().as_millis(), "inbound tunnel reset after a policy change"
-                    ),
+                    // The close was logged with its reason; both legs are reset.
+                    None => {
+                        stream.abort();
+                        super::socket::reset_on_close(&upstream);
+                        debug!(
+                            src = %self.peer, src_identity = %self.client_id, dst = %authority,
+                            duration_ms = started.elapsed().as_millis(), "inbound tunnel reset after a policy change"
+                        );
+                    }
                 }
             }
             Err(err) => {

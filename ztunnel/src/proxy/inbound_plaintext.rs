@@ -39,12 +39,18 @@ pub(super) async fn handle(
             src = %peer, dst = %dst, sent = moved.received, received = moved.sent,
             duration_ms = started.elapsed().as_millis(), "inbound plaintext connection complete"
         ),
-        // Returning drops both sockets: the client and the application see the close.
-        Ok((dst, Ended::Closed)) => debug!(
-            src = %peer, dst = %dst, duration_ms = started.elapsed().as_millis(),
-            "inbound plaintext connection closed after a policy change"
-        ),
+        // Returning drops both sockets, reset: client and application see the connection cut.
+        Ok((dst, Ended::Closed)) => {
+            socket::reset_on_close(&downstream);
+            debug!(
+                src = %peer, dst = %dst, duration_ms = started.elapsed().as_millis(),
+                "inbound plaintext connection closed after a policy change"
+            )
+        }
         Err(err) => {
+            if matches!(err, ConnectionError::Relay(_)) {
+                socket::reset_on_close(&downstream);
+            }
             warn!(src = %peer, error = %chain(&err), "inbound plaintext connection refused")
         }
     }
@@ -93,6 +99,9 @@ async fn proxy(
             original,
             Ended::Complete(moved.map_err(ConnectionError::Relay)?),
         )),
-        None => Ok((original, Ended::Closed)),
+        None => {
+            socket::reset_on_close(&upstream);
+            Ok((original, Ended::Closed))
+        }
     }
 }

@@ -31,7 +31,14 @@ pub(super) async fn handle(
             src = %peer, dst = %dst, sent = moved.sent, received = moved.received,
             duration_ms = started.elapsed().as_millis(), "outbound connection complete"
         ),
-        Err(err) => warn!(src = %peer, error = %chain(&err), "outbound connection failed"),
+        Err(err) => {
+            if matches!(err, ConnectionError::Relay(_)) {
+                // The far side was cut mid-stream: the application must not take the end of
+                // its connection for a complete answer.
+                socket::reset_on_close(&downstream);
+            }
+            warn!(src = %peer, error = %chain(&err), "outbound connection failed")
+        }
     }
 }
 

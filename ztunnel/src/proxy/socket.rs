@@ -50,6 +50,12 @@ pub fn unmapped(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// Makes the socket's close a reset (RST) rather than a FIN, so the application on that side
+/// sees its connection cut, not finished. Best effort: the close happens either way.
+pub fn reset_on_close(stream: &TcpStream) {
+    let _ = SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
+}
+
 /// How an upstream socket is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpstreamSocket {
