@@ -93,6 +93,9 @@ struct ServeArgs {
     poll_interval: Duration,
 }
 
+/// Streams one client connection may hold (a ztunnel needs one xDS stream and a few CA calls).
+const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+
 /// Lifetime of the serving certificate (within the signer's own).
 const SERVING_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -149,7 +152,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Arc::clone(&ca),
         trust_domain,
         tokens.clone(),
-        trusted,
+        trusted.clone(),
     ));
     service.set_workloads(first.workloads);
     let (snapshots, watcher) = watch::channel(first.snapshot);
@@ -182,9 +185,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
-            match token.and_then(|t| xds_tokens.caller(t)) {
-                Some(_) => Ok(request),
-                None => {
+            // The whole mesh's addresses and policies go to node proxies only, not to any
+            // workload that holds a CA token.
+            match token {
+                Some(t) if xds_tokens.is_one_of(t, &trusted) => Ok(request),
+                Some(t) if xds_tokens.caller(t).is_some() => {
+                    warn!("xDS stream from a caller that is not a node account refused");
+                    Err(tonic::Status::permission_denied("xDS is for node proxies"))
+                }
+                _ => {
                     warn!("xDS stream from an unknown caller refused");
                     Err(tonic::Status::unauthenticated(
                         "request authenticate failure",
@@ -198,6 +207,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with(ads);
     info!(listen = %args.listen, "control plane ready");
     tonic::transport::Server::builder()
+        // A node that vanished without closing is noticed, and one connection cannot open
+        // streams without bound.
+        .http2_keepalive_interval(Some(controlplane::xds::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(controlplane::xds::KEEPALIVE_TIMEOUT))
+        .tcp_keepalive(Some(std::time::Duration::from_secs(300)))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .serve_with_incoming_shutdown(
             router,
             tls_incoming(listener, tls),

@@ -31,8 +31,12 @@ use tracing::debug;
 /// Longest a client may take to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Handshakes waiting to be picked up by the server; beyond this, accepting pauses.
+/// Finished handshakes waiting to be picked up by the server.
 const ACCEPT_BACKLOG: usize = 64;
+
+/// Handshakes in progress at once; beyond this, accepting pauses (the kernel's backlog holds
+/// the rest), so clients that connect and stay silent cannot pile up without bound.
+const MAX_HANDSHAKES: usize = 256;
 
 /// A TLS connection from a client.
 pub struct TlsConnection {
@@ -96,8 +100,12 @@ pub fn tls_incoming(
 ) -> ReceiverStream<Result<TlsConnection, io::Error>> {
     let (ready, incoming) = mpsc::channel(ACCEPT_BACKLOG);
     let acceptor = TlsAcceptor::from(config);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
+            let Ok(slot) = Arc::clone(&handshakes).acquire_owned().await else {
+                return;
+            };
             let (tcp, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(err) => {
@@ -112,6 +120,7 @@ pub fn tls_incoming(
             }
             let (acceptor, handed) = (acceptor.clone(), ready.clone());
             tokio::spawn(async move {
+                let _slot = slot;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let _ = handed

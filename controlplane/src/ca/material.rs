@@ -14,7 +14,8 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -113,10 +114,18 @@ fn write(path: &Path, text: &str, mode: u32) -> Result<(), MaterialError> {
         path: path.to_owned(),
         cause,
     };
-    // Write then rename: a crash never leaves half a key behind.
+    // Write then rename: a crash never leaves half a key behind. The file is created with its
+    // final mode, so a key is never readable by others, not even for a moment.
     let staging = path.with_extension("pem.new");
-    fs::write(&staging, text).map_err(io)?;
-    fs::set_permissions(&staging, fs::Permissions::from_mode(mode)).map_err(io)?;
+    let _ = fs::remove_file(&staging);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&staging)
+        .map_err(io)?;
+    file.write_all(text.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
     fs::rename(&staging, path).map_err(io)
 }
 

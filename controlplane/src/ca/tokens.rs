@@ -91,6 +91,13 @@ struct RawCaller {
     service_account: String,
 }
 
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
 /// Tokens shorter than this are refused: guessable bearer tokens are no authentication.
 const MIN_TOKEN_LEN: usize = 16;
 
@@ -165,9 +172,26 @@ impl Tokens {
         }
     }
 
-    /// The caller a token stands for.
+    /// The caller a token stands for. Every known token is compared in full, in constant time
+    /// for its length, so timing tells a prober nothing about how much of a guess was right.
     pub fn caller(&self, token: &str) -> Option<Caller> {
-        self.by_token.get(token).cloned()
+        let mut found = None;
+        for (known, caller) in &self.by_token {
+            if constant_time_eq(known.as_bytes(), token.as_bytes()) {
+                found = Some(caller.clone());
+            }
+        }
+        found
+    }
+
+    /// Whether the caller of `token` is one of `accounts` (`namespace`, `serviceAccount`).
+    pub fn is_one_of(
+        &self,
+        token: &str,
+        accounts: &std::collections::BTreeSet<(String, String)>,
+    ) -> bool {
+        self.caller(token)
+            .is_some_and(|c| accounts.contains(&(c.namespace, c.service_account)))
     }
 
     /// How many callers are known.

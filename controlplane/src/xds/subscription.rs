@@ -81,7 +81,11 @@ impl TypeSubscription {
             held: request.initial_resource_versions.clone(),
             last_nonce: None,
         };
-        subscription.check_bounds(subscription.held.len())?;
+        // A wildcard client legitimately holds the whole snapshot, however large; names it
+        // holds that no longer exist are answered as removed. Only explicit lists are bounded.
+        if !wildcard {
+            subscription.check_bounds(subscription.held.len())?;
+        }
         if !wildcard {
             subscription.names = subscription.held.keys().cloned().collect();
         }

@@ -196,8 +196,11 @@ impl NodeAgent {
             .map(|(uid, _)| uid.clone())
             .collect();
         for uid in leaving {
-            if let Some(pod) = self.enrolled.remove(&uid) {
-                self.unenroll(&uid, pod).await;
+            if let Some(pod) = self.enrolled.remove(&uid)
+                && let Err(pod) = self.unenroll(&uid, pod).await
+            {
+                // Still captured: keep serving it through ztunnel and try again next tick.
+                self.enrolled.insert(uid, pod);
             }
         }
         for (uid, spec) in desired {
@@ -281,7 +284,7 @@ impl NodeAgent {
     /// Capture off first (new connections go direct at once), then ztunnel told (connections
     /// it already carries drain there); what those connections still need is removed once the
     /// drain time has passed.
-    async fn unenroll(&mut self, uid: &str, pod: Enrolled) {
+    async fn unenroll(&mut self, uid: &str, pod: Enrolled) -> Result<(), Enrolled> {
         let name = format!("{}/{}", pod.spec.info.namespace, pod.spec.info.name);
         if pod.netns.is_some() {
             let (path, backend) = (pod.spec.netns.clone(), self.backend);
@@ -295,13 +298,23 @@ impl NodeAgent {
                         },
                     );
                 }
-                Ok(Err(err)) => warn!(%uid, pod = %name, error = %chain(&err),
-                    "stopping capture failed (gone with the pod?)"),
-                Err(join) => warn!(%uid, pod = %name, error = %join, "capture stop task failed"),
+                // The namespace is gone with the pod: nothing is captured any more.
+                Ok(Err(_)) if !pod.spec.netns.exists() => {}
+                // Still redirected: telling ztunnel to stop listening would cut the pod off.
+                Ok(Err(err)) => {
+                    warn!(%uid, pod = %name, error = %chain(&err),
+                        "stopping capture failed; the pod stays enrolled, retrying");
+                    return Err(pod);
+                }
+                Err(join) => {
+                    warn!(%uid, pod = %name, error = %join, "capture stop task failed; retrying");
+                    return Err(pod);
+                }
             }
         }
         self.server.unpublish(uid);
         info!(%uid, pod = %name, drain = ?self.drain, "pod un-enrolled");
+        Ok(())
     }
 
     /// Removes the remaining rules of namespaces whose drain ends before `now`.

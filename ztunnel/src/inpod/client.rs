@@ -162,6 +162,11 @@ async fn handle(
         Some(Err(err)) => return Ok(Some(format!("failure to start proxy : {err}"))),
         None => None,
     };
+    // A pod that never started (pending, retried every 5 s on the descriptor kept) is forgotten
+    // by its del in either phase; otherwise a retry could start listeners for a deleted pod.
+    if let Request::Del { uid } = &request {
+        proxies.forget_pending(uid);
+    }
     let running = proxies.running_uids();
     let actions = session.handle(
         request,

@@ -198,6 +198,13 @@ impl PodProxies {
         info!(%uid, ?mode, "pod proxy stopping");
     }
 
+    /// Forgets one pending pod (it was deleted before its proxy could start).
+    pub fn forget_pending(&self, uid: &str) {
+        if lock(&self.pending).remove(uid).is_some() {
+            info!(%uid, "pending pod forgotten: deleted before its proxy started");
+        }
+    }
+
     /// Forgets every pending pod (a new ZDS connection re-sends what it still wants).
     pub fn clear_pending(&self) {
         lock(&self.pending).clear();

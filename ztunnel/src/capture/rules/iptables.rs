@@ -237,7 +237,9 @@ fn read(netns: &Path, family: Family, wanted: bool) -> Result<Option<Footprint>,
 fn restore(netns: &Path, family: Family, script: &str) -> Result<(), RulesError> {
     run(
         netns,
-        &format!("{} --noflush", tools(family).1),
+        // -w: wait for the xtables lock (kube-proxy, Docker and firewalld take it too) rather
+        // than fail.
+        &format!("{} -w --noflush", tools(family).1),
         Some(script),
     )?
     .ok()

@@ -34,14 +34,18 @@ pub struct Connection {
     socket: AsyncFd<Socket>,
 }
 
-/// Room for the control data of one record: a few descriptors, so a sender that passes more
-/// than the one allowed is seen (and refused) rather than silently cut.
-const CONTROL_FDS: usize = 4;
+/// Room for the control data of one record: as many descriptors as one SCM_RIGHTS message can
+/// carry (the kernel's SCM_MAX_FD), so the control data is never cut. A cut message would leave
+/// the descriptors the kernel did install unreachable (leaked); this way every one is owned,
+/// and a record with more than the one allowed is refused and closes them all.
+const CONTROL_FDS: usize = 253;
 
 impl Connection {
     /// Connects to the node agent's socket at `path`.
     pub fn connect(path: &Path) -> io::Result<Self> {
-        let socket = seqpacket()?;
+        // Non-blocking from the start: a Unix connect to a full backlog fails with EAGAIN at
+        // once (the caller retries with backoff) instead of stalling the control thread.
+        let socket = Socket::new(Domain::UNIX, Type::SEQPACKET.nonblocking().cloexec(), None)?;
         socket.connect(&SockAddr::unix(path)?)?;
         Self::from_socket(socket)
     }
