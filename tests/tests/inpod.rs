@@ -430,6 +430,47 @@ fn nftables_rules_capture_like_iptables_and_leave_nothing_behind() {
     });
 }
 
+#[test]
+fn a_pod_that_connects_before_its_workload_is_published_waits_for_it() {
+    run(async {
+        let mut mesh = Mesh::new("latewl");
+        let (n1, n2) = (mesh.add_node("n1"), mesh.add_node("n2"));
+        let web = mesh.add_pod(n1, "web", "shop");
+        let api = mesh.add_pod(n2, "api", "shop");
+        mesh.enroll(&web);
+        mesh.enroll(&api);
+        mesh.start().await;
+        let _api = Server::serve(api.netns().listen(api.addr(APP_PORT)), Behaviour::Echo);
+        // The control plane has not published web yet (enrolled a moment before, as istiod
+        // lags the CNI).
+        let index = mesh
+            .world
+            .workloads
+            .iter()
+            .position(|w| w.name == "web")
+            .unwrap();
+        let web_workload = mesh.world.workloads.remove(index);
+        mesh.write_config();
+        mesh.ztunnel(n1)
+            .wait_for_lines(&["local config applied"], 2)
+            .await;
+        let connecting = assert_echo(
+            &web,
+            api.addr(APP_PORT),
+            4096,
+            "connected while unpublished",
+        );
+        let publishing = async {
+            mesh.ztunnel(n1)
+                .wait_for_line("pod has no workload in the config yet; waiting")
+                .await;
+            mesh.world.workloads.push(web_workload);
+            mesh.write_config();
+        };
+        tokio::join!(connecting, publishing);
+    });
+}
+
 /// Upstream's ztunnel, when the shared folder beside the checkout has it.
 fn upstream_ztunnel() -> Option<std::path::PathBuf> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -40,6 +40,7 @@ pub(super) async fn handle(
             return;
         }
     };
+    scope.await_known(&inputs.directory, &inputs.node).await;
     let (tls, client_id) = match handshake(&inputs, &scope, tcp, local).await {
         Ok(done) => done,
         Err(err) => {

@@ -64,6 +64,7 @@ async fn proxy(
 ) -> Result<(SocketAddr, Ended), ConnectionError> {
     let original =
         socket::original_destination(downstream).map_err(ConnectionError::OriginalDestination)?;
+    scope.await_known(&inputs.directory, &inputs.node).await;
     let snapshot = inputs.directory.load();
     let workload = scope.workload_at(
         &snapshot,

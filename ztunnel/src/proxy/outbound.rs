@@ -50,6 +50,7 @@ async fn proxy(
 ) -> Result<(SocketAddr, Transferred), ConnectionError> {
     let original =
         socket::original_destination(downstream).map_err(ConnectionError::OriginalDestination)?;
+    scope.await_known(&inputs.directory, &inputs.node).await;
     let snapshot = inputs.directory.load();
     let source = scope.workload_at(&snapshot, &inputs.network, &inputs.node, peer.ip(), || {
         ConnectionError::UnknownSource(peer.ip())

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use crate::capture::zds::PodInfo;
-use crate::state::{Snapshot, Workload};
+use crate::state::{Directory, Snapshot, Workload};
 
 use super::error::ConnectionError;
 use super::lock;
@@ -86,7 +86,34 @@ impl EnrolledPod {
     }
 }
 
+/// How long a connection of a pod waits for the pod's workload to appear in the config, as
+/// upstream waits: istiod publishes a new pod's workload a moment after the node agent
+/// enrolled it, and the application's first connections come in that moment.
+pub const POD_WORKLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Scope {
+    /// For an enrolled pod not yet in the config: waits up to [`POD_WORKLOAD_WAIT`] for it to
+    /// appear, so the lookups that follow find it. Returns at once in dedicated mode and when
+    /// the pod is known; after the wait the lookups fail as usual, naming the pod.
+    pub(super) async fn await_known(&self, directory: &Directory, node: &str) {
+        let Self::Pod(pod) = self else { return };
+        // Subscribed before the first look, so no change can slip between the two.
+        let mut updates = directory.subscribe();
+        let deadline = tokio::time::Instant::now() + POD_WORKLOAD_WAIT;
+        let mut logged = false;
+        while pod.workload(&directory.load(), node).is_err() {
+            if !logged {
+                tracing::info!(pod = %pod.display_name(), wait = ?POD_WORKLOAD_WAIT,
+                    "pod has no workload in the config yet; waiting");
+                logged = true;
+            }
+            match tokio::time::timeout_at(deadline, updates.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return,
+            }
+        }
+    }
+
     /// Where sockets for this scope's connections are made.
     pub fn origin(&self) -> Origin {
         match self {
