@@ -168,36 +168,15 @@ impl Cluster {
     /// Adds a pod on `node`: `eth0` with the next free address of the node's range, default
     /// route via the node's bridge.
     pub fn add_pod(&mut self, node: NodeId, name: &str) -> Pod {
-        self.assert_new_name(name);
-        let netns = Netns::create(&format!("{}-{name}", self.test));
-        // Before eth0 arrives, so that it inherits the namespace defaults.
-        sysctls(&netns, &[]);
-        let host = self.node_mut(node);
-        let n = host.next_host;
-        assert!(n < 255, "node {} is full", node.0);
-        host.next_host += 1;
+        let (netns, n, node_iface) = self.plug_pod(node, name);
         let ip = Ipv4Addr::new(10, node.0, 0, n);
-        // Named after the host octet: unique per node, and a capture target that says which pod
-        // it belongs to.
-        let node_iface = format!("vpod{n}");
+        let host = self.node(node);
         let (node_ns, pod_ns) = (host.netns.name(), netns.name());
-        ipn(
-            node_ns,
-            &format!("link add {node_iface} type veth peer name eth0 netns {pod_ns}"),
-        );
         ipn(node_ns, &format!("link set {node_iface} master br0 up"));
         ipn(pod_ns, &format!("addr add {ip}/24 dev eth0"));
         ipn(pod_ns, "link set eth0 up");
         ipn(pod_ns, &format!("route add default via {}", host.gateway()));
-        let pod = Pod(Arc::new(PodInner {
-            name: name.to_owned(),
-            node,
-            ip,
-            node_iface,
-            netns,
-        }));
-        self.pods.push(pod.clone());
-        pod
+        self.register_pod(name, node, ip, node_iface, netns)
     }
 
     /// Adds a pod on `node` with a given address outside the node's range (as a CNI that
@@ -206,43 +185,58 @@ impl Cluster {
     /// and one on every other node via the link to it. For worlds whose addresses are fixed in
     /// advance (the conformance world).
     pub fn add_pod_at(&mut self, node: NodeId, name: &str, ip: Ipv4Addr) -> Pod {
+        let (netns, _, node_iface) = self.plug_pod(node, name);
+        let host = self.node(node);
+        let (node_ns, pod_ns) = (host.netns.name(), netns.name());
+        ipn(node_ns, &format!("link set {node_iface} up"));
+        ipn(node_ns, &format!("route add {ip}/32 dev {node_iface}"));
+        ipn(pod_ns, &format!("addr add {ip}/32 dev eth0"));
+        ipn(pod_ns, "link set eth0 up");
+        let gateway = host.gateway();
+        ipn(
+            pod_ns,
+            &format!("route add default via {gateway} dev eth0 onlink"),
+        );
+        for other in self.nodes.iter().filter(|other| other.id != node) {
+            if let Some((_, iface)) = other.links.iter().find(|(peer, _)| *peer == node) {
+                let via = link_peer_address(&other.netns, iface);
+                ipn(other.netns.name(), &format!("route add {ip}/32 via {via}"));
+            }
+        }
+        self.register_pod(name, node, ip, node_iface, netns)
+    }
+
+    /// The part every pod shares: its namespace, the next host number on `node`, and a veth
+    /// pair whose pod end is `eth0` and whose node end (returned) is named after that number —
+    /// unique per node, and a capture target that says which pod it belongs to.
+    fn plug_pod(&mut self, node: NodeId, name: &str) -> (Netns, u8, String) {
         self.assert_new_name(name);
         let netns = Netns::create(&format!("{}-{name}", self.test));
+        // Before eth0 arrives, so that it inherits the namespace defaults.
         sysctls(&netns, &[]);
         let host = self.node_mut(node);
         let n = host.next_host;
         assert!(n < 255, "node {} is full", node.0);
         host.next_host += 1;
         let node_iface = format!("vpod{n}");
-        let (node_ns, pod_ns) = (host.netns.name().to_owned(), netns.name().to_owned());
         ipn(
-            &node_ns,
-            &format!("link add {node_iface} type veth peer name eth0 netns {pod_ns}"),
+            host.netns.name(),
+            &format!(
+                "link add {node_iface} type veth peer name eth0 netns {}",
+                netns.name()
+            ),
         );
-        ipn(&node_ns, &format!("link set {node_iface} up"));
-        ipn(&node_ns, &format!("route add {ip}/32 dev {node_iface}"));
-        let gateway = host.gateway();
-        ipn(&pod_ns, &format!("addr add {ip}/32 dev eth0"));
-        ipn(&pod_ns, "link set eth0 up");
-        ipn(
-            &pod_ns,
-            &format!("route add default via {gateway} dev eth0 onlink"),
-        );
-        let links: Vec<(String, Ipv4Addr)> = self
-            .nodes
-            .iter()
-            .filter(|other| other.id != node)
-            .filter_map(|other| {
-                let via = other.links.iter().find(|(peer, _)| *peer == node)?;
-                Some((
-                    other.netns.name().to_owned(),
-                    link_peer_address(&other.netns, &via.1),
-                ))
-            })
-            .collect();
-        for (other_ns, via) in links {
-            ipn(&other_ns, &format!("route add {ip}/32 via {via}"));
-        }
+        (netns, n, node_iface)
+    }
+
+    fn register_pod(
+        &mut self,
+        name: &str,
+        node: NodeId,
+        ip: Ipv4Addr,
+        node_iface: String,
+        netns: Netns,
+    ) -> Pod {
         let pod = Pod(Arc::new(PodInner {
             name: name.to_owned(),
             node,
