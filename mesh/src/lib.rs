@@ -14,5 +14,6 @@ pub mod hbone;
 pub mod identity;
 pub mod policy;
 pub mod shutdown;
+pub mod telemetry;
 pub mod tls;
 pub mod xds;

@@ -15,6 +15,7 @@
 //! included) for every new stream, so credentials can rotate between streams.
 
 mod client;
+mod metrics;
 mod session;
 
 use std::collections::BTreeSet;
@@ -23,6 +24,7 @@ pub use client::{
     AdsClient, CONNECT_TIMEOUT, ClientStats, Connector, FAILURE_BACKOFF, MAX_RESPONSE_BYTES,
     MetadataSource, OPEN_TIMEOUT, QUICK_RECONNECT, SEND_TIMEOUT,
 };
+pub use metrics::{TerminationReason, XdsMetrics};
 
 /// Applies one response of a resource type to the caller's state.
 pub trait XdsHandler: Send {

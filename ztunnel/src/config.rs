@@ -208,6 +208,19 @@ pub struct Config {
     #[arg(long, env = "CONNECTION_TERMINATION_DEADLINE", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Admin API (`/config_dump`, `/logging`, `/quitquitquit`); keep it on loopback: it can
+    /// stop the proxy. The IPv6 loopback is bound too when this is `127.0.0.1`.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+
+    /// Prometheus metrics (`/metrics`, `/stats/prometheus`).
+    #[arg(long, default_value = "[::]:15020")]
+    pub stats_addr: SocketAddr,
+
+    /// Readiness (`/healthz/ready`), what the DaemonSet's probe asks.
+    #[arg(long, default_value = "[::]:15021")]
+    pub readiness_addr: SocketAddr,
+
     /// Worker threads of the data-plane runtime.
     #[arg(long, env = "ZTUNNEL_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,

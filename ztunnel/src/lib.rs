@@ -4,9 +4,11 @@
 //!
 //! It terminates no user HTTP; that is the waypoint's job.
 
+pub mod admin;
 pub mod agent;
 pub mod capture;
 pub mod config;
 pub mod inpod;
+pub mod metrics;
 pub mod proxy;
 pub mod state;

@@ -12,16 +12,19 @@ use mesh::identity::{
     CaLimits, CertStore, CertificateProvider, IstioCaClient, IstioCaSettings, LocalCa,
     RefreshPolicy, Token, certs_from_pem,
 };
+use mesh::telemetry::logging::{self, LogControl, LogFormat};
 use mesh::xds::{AdsClient, Subscription};
+use prometheus_client::registry::Registry;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use tracing_subscriber::EnvFilter;
 use xds_proto::envoy::config::core::v3::Node;
+use ztunnel::admin::{self, AdminAddrs, AdminState, ConfigDump, Readiness};
 use ztunnel::capture::netns::HostNetns;
 use ztunnel::config::{Cli, Config, ProxyMode};
 use ztunnel::inpod::pods::PodProxies;
+use ztunnel::metrics::Metrics;
 use ztunnel::proxy::{Inputs, Listeners, Proxy, Scope};
 use ztunnel::state::xds_feed::{ADDRESS_TYPE, AUTHORIZATION_TYPE, XdsFeed};
 use ztunnel::state::{Directory, watch_file};
@@ -38,17 +41,10 @@ fn main() -> anyhow::Result<()> {
         Cli::NodeAgent(_) => std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         Cli::Proxy(config) => config.log.clone(),
     };
-    tracing_subscriber::fmt()
-        // Colour codes only for a person at a terminal; log collectors get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(
-            EnvFilter::try_new(&log_filter)
-                .with_context(|| format!("RUST_LOG/--log {log_filter:?} is not a valid filter"))?,
-        )
-        .init();
+    let logs = logging::init(&log_filter, LogFormat::from_env()).context("RUST_LOG/--log")?;
     match cli {
         Cli::NodeAgent(agent) => run_node_agent(agent),
-        Cli::Proxy(config) => run_proxy(*config),
+        Cli::Proxy(config) => run_proxy(*config, logs),
     }
 }
 
@@ -67,7 +63,7 @@ fn run_node_agent(config: ztunnel::agent::AgentConfig) -> anyhow::Result<()> {
     })
 }
 
-fn run_proxy(config: Config) -> anyhow::Result<()> {
+fn run_proxy(config: Config, logs: LogControl) -> anyhow::Result<()> {
     // Opened on the main thread before any runtime exists, so it is this process's own
     // namespace: every thread that makes a pod's socket comes back to it.
     let host = match config.proxy_mode {
@@ -100,7 +96,7 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
         .thread_name("ztunnel-data")
         .build()
         .context("starting the data-plane runtime")?;
-    let result = data.block_on(run(config, host, control_handle));
+    let result = data.block_on(run(config, host, control_handle, logs));
 
     control_stop.cancel();
     if control_thread.join().is_err() {
@@ -109,13 +105,53 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     result
 }
 
-async fn run(config: Config, host: Option<Arc<HostNetns>>, control: Handle) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    host: Option<Arc<HostNetns>>,
+    control: Handle,
+    logs: LogControl,
+) -> anyhow::Result<()> {
     let provider = certificate_provider(&config, &control)?;
     let certs = CertStore::new(provider, RefreshPolicy::default(), control.clone());
 
     let directory = Arc::new(Directory::default());
     let shutdown = CancellationToken::new();
-    start_config_source(&config, &directory, &control, &shutdown).await?;
+    tokio::spawn(mesh::shutdown::stop_on_signal(shutdown.clone()));
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry, Handle::current());
+    let readiness = Arc::new(Readiness::new());
+    readiness.set_pending(admin::readiness::STATE_MANAGER, true);
+    readiness.set_pending(
+        match host {
+            Some(_) => admin::readiness::WORKLOAD_PROXY_MANAGER,
+            None => admin::readiness::PROXY,
+        },
+        true,
+    );
+    let admin_stop = CancellationToken::new();
+    let _stop_admin = admin_stop.clone().drop_guard();
+    let admin_state = AdminState {
+        registry,
+        readiness: Arc::clone(&readiness),
+        logs: Some(logs),
+        config_dump: config_dump(&config, &directory, &certs),
+        shutdown: shutdown.clone(),
+    };
+    let addrs = AdminAddrs {
+        admin: config.admin_addr,
+        stats: config.stats_addr,
+        readiness: config.readiness_addr,
+    };
+    control
+        .spawn(admin::start(addrs, admin_state, admin_stop))
+        .await
+        .context("the control runtime stopped")?
+        .context(
+            "admin/metrics/readiness listener (--admin-addr, --stats-addr, --readiness-addr)",
+        )?;
+
+    start_config_source(&config, &directory, &control, &shutdown, &metrics).await?;
+    readiness.set_pending(admin::readiness::STATE_MANAGER, false);
 
     // Certificates for this node's workloads are fetched before the first connection needs them.
     for workload in directory.load().local_workloads(&config.node_name) {
@@ -131,12 +167,39 @@ async fn run(config: Config, host: Option<Arc<HostNetns>>, control: Handle) -> a
         config.network.clone(),
         config.node_name.clone(),
         config.cluster_id.clone(),
+        metrics,
     ));
-    tokio::spawn(mesh::shutdown::stop_on_signal(shutdown.clone()));
     match host {
-        Some(host) => serve_in_pod(&config, inputs, host, control, shutdown).await,
-        None => serve_dedicated(&config, inputs, shutdown).await,
+        Some(host) => serve_in_pod(&config, inputs, host, control, shutdown, &readiness).await,
+        None => serve_dedicated(&config, inputs, shutdown, &readiness).await,
     }
+}
+
+/// The `/config_dump` document, built from the state at each request.
+fn config_dump(config: &Config, directory: &Arc<Directory>, certs: &CertStore) -> ConfigDump {
+    let (directory, certs) = (Arc::clone(directory), certs.clone());
+    let settings = serde_json::json!({
+        "proxyMode": format!("{:?}", config.proxy_mode),
+        "nodeName": config.node_name,
+        "network": config.network,
+        "clusterId": config.cluster_id,
+        "xdsAddress": config.xds_address,
+        "caAddress": config.ca_address,
+        "secretTtl": format!("{:?}", config.secret_ttl),
+        "drainTimeout": format!("{:?}", config.drain_timeout),
+        "workerThreads": config.worker_threads,
+        "adminAddr": config.admin_addr.to_string(),
+        "statsAddr": config.stats_addr.to_string(),
+        "readinessAddr": config.readiness_addr.to_string(),
+    });
+    Box::new(move || {
+        let snapshot = directory.load();
+        serde_json::json!({
+            "workloads": snapshot.workloads().map(|w| w.uid.clone()).collect::<Vec<_>>(),
+            "config": settings.clone(),
+            "certificates": certs.states().len(),
+        })
+    })
 }
 
 /// Dedicated mode: one set of listeners in this namespace for every workload of the node.
@@ -144,6 +207,7 @@ async fn serve_dedicated(
     config: &Config,
     inputs: Arc<Inputs>,
     shutdown: CancellationToken,
+    readiness: &Readiness,
 ) -> anyhow::Result<()> {
     let listeners = Listeners {
         outbound: config.outbound_addr,
@@ -153,6 +217,7 @@ async fn serve_dedicated(
     };
     let workloads = inputs.directory.load().workload_count();
     let proxy = Proxy::bind(inputs, Scope::Node, listeners).await?;
+    readiness.set_pending(admin::readiness::PROXY, false);
     info!(
         outbound = %listeners.outbound,
         inbound = %listeners.inbound,
@@ -175,6 +240,7 @@ async fn serve_in_pod(
     host: Arc<HostNetns>,
     control: Handle,
     shutdown: CancellationToken,
+    readiness: &Arc<Readiness>,
 ) -> anyhow::Result<()> {
     let listeners = Listeners::in_pod(config.ipv6_enabled, config.inpod_port_reuse);
     let proxies = Arc::new(PodProxies::new(
@@ -184,7 +250,18 @@ async fn serve_in_pod(
         config.drain_timeout,
         Handle::current(),
     ));
-    let (ready, _) = watch::channel(false);
+    let (ready, mut ready_changes) = watch::channel(false);
+    // The node agent's snapshot gates readiness, and does again while ZDS is reconnecting.
+    let following = Arc::clone(readiness);
+    control.spawn(async move {
+        loop {
+            let ready = *ready_changes.borrow_and_update();
+            following.set_pending(admin::readiness::WORKLOAD_PROXY_MANAGER, !ready);
+            if ready_changes.changed().await.is_err() {
+                return;
+            }
+        }
+    });
     info!(socket = %config.inpod_uds.display(), node = %config.node_name,
         "ztunnel ready; waiting for the node agent to enroll pods");
     let zds = control.spawn(ztunnel::inpod::client::run(
@@ -209,10 +286,12 @@ async fn start_config_source(
     directory: &Arc<Directory>,
     control: &Handle,
     shutdown: &CancellationToken,
+    metrics: &Metrics,
 ) -> anyhow::Result<()> {
     let mut updates = directory.subscribe();
     if let Some(address) = config.xds_address.as_deref().filter(|a| !a.is_empty()) {
-        let client = xds_client(config, address, directory, control)?;
+        let client =
+            xds_client(config, address, directory, control)?.with_metrics(metrics.xds.clone());
         control.spawn(client.run(shutdown.clone()));
         loop {
             match tokio::time::timeout(FIRST_CONFIG_TIMEOUT, updates.wait_for(|s| s.generation > 0))

@@ -14,6 +14,7 @@ use xds_proto::envoy::config::core::v3::Node;
 use xds_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use xds_proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 
+use super::metrics::{TerminationReason, XdsMetrics};
 use super::session::{Reply, TypeState};
 use super::{Subscription, XdsError, XdsHandler};
 use crate::backoff::{Backoff, BackoffPolicy};
@@ -168,6 +169,7 @@ pub struct AdsClient<C> {
     ready: watch::Sender<bool>,
     stats: watch::Sender<ClientStats>,
     metadata: Option<MetadataSource>,
+    metrics: XdsMetrics,
 }
 
 /// Builds the request metadata (e.g. `authorization`, `clusterid`) for each new stream, so a
@@ -193,10 +195,17 @@ impl<C: Connector> AdsClient<C> {
             ready: watch::channel(false).0,
             stats: watch::channel(ClientStats::default()).0,
             metadata: None,
+            metrics: XdsMetrics::default(),
         })
     }
 
-    /// Sends the metadata `source` builds with every new stream.
+    /// Counts into `metrics` (registered by the caller) instead of unregistered families.
+    pub fn with_metrics(mut self, metrics: XdsMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Sets where each new stream's request metadata comes from.
     pub fn with_metadata(mut self, source: MetadataSource) -> Self {
         self.metadata = Some(source);
         self
@@ -242,6 +251,17 @@ impl<C: Connector> AdsClient<C> {
                 () = shutdown.cancelled() => break,
                 ended = self.run_stream(&mut failures) => ended,
             };
+            self.metrics.terminated(match &ended {
+                Ok(()) => TerminationReason::Complete,
+                Err(err) if err.is_server_gone() => TerminationReason::Reconnect,
+                Err(
+                    StreamError::Connect(_)
+                    | StreamError::ConnectTimeout(_)
+                    | StreamError::Open(_)
+                    | StreamError::OpenTimeout(_),
+                ) => TerminationReason::ConnectionError,
+                Err(_) => TerminationReason::Error,
+            });
             let delay = match &ended {
                 Ok(()) => {
                     info!(
@@ -287,6 +307,7 @@ impl<C: Connector> AdsClient<C> {
         {
             // A server that answers is healthy, whatever ends this stream later.
             failures.reset();
+            self.metrics.received(&response);
             let reply = self.handle(response);
             let type_url = reply.request.type_url.clone();
             match tokio::time::timeout(SEND_TIMEOUT, requests.send(reply.request)).await {

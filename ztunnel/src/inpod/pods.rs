@@ -140,6 +140,7 @@ impl PodProxies {
             }
             (Err(_), Err(err)) => warn!(%uid, error = %err, "cannot keep the netns for a retry"),
         }
+        self.publish_pending();
         started
     }
 
@@ -176,6 +177,7 @@ impl PodProxies {
             previous.cut.cancel();
         }
         self.publish_count();
+        self.inputs.metrics.proxies.started.inc();
         let drain = self.drain_timeout;
         self.tasks
             .spawn_on(proxy.serve(stop, drain, cut), &self.data);
@@ -187,9 +189,11 @@ impl PodProxies {
     /// Stops serving `uid`; also forgets it as pending. Unknown pods are a no-op.
     pub fn stop(&self, uid: &str, mode: StopMode) {
         lock(&self.pending).remove(uid);
+        self.publish_pending();
         let Some(running) = lock(&self.running).remove(uid) else {
             return;
         };
+        self.inputs.metrics.proxies.stopped.inc();
         running.stop.cancel();
         if mode == StopMode::Immediate {
             running.cut.cancel();
@@ -203,11 +207,13 @@ impl PodProxies {
         if lock(&self.pending).remove(uid).is_some() {
             info!(%uid, "pending pod forgotten: deleted before its proxy started");
         }
+        self.publish_pending();
     }
 
     /// Forgets every pending pod (a new ZDS connection re-sends what it still wants).
     pub fn clear_pending(&self) {
         lock(&self.pending).clear();
+        self.publish_pending();
     }
 
     /// Retries the pending pods once; returns how many are still pending.
@@ -233,6 +239,7 @@ impl PodProxies {
         info!(pods = all.len(), "stopping every pod proxy");
         for running in all.into_values() {
             running.stop.cancel();
+            self.inputs.metrics.proxies.stopped.inc();
         }
         self.publish_count();
         self.tasks.close();
@@ -241,6 +248,20 @@ impl PodProxies {
 
     fn publish_count(&self) {
         let count = lock(&self.running).len();
+        self.inputs
+            .metrics
+            .proxies
+            .active
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
         self.count.send_replace(count);
+    }
+
+    fn publish_pending(&self) {
+        let pending = self.pending_count();
+        self.inputs
+            .metrics
+            .proxies
+            .pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
     }
 }

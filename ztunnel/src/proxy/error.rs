@@ -101,6 +101,9 @@ pub enum ConnectionError {
     /// The byte copy failed mid-way.
     #[error("relay failed")]
     Relay(#[source] io::Error),
+    /// Closed mid-stream: a configuration change no longer allows it.
+    #[error("connection closed because it's no longer allowed after a policy update")]
+    PolicyChanged,
 }
 
 impl ConnectionError {
@@ -125,7 +128,8 @@ impl ConnectionError {
             | Self::Tls(_)
             | Self::Tunnel(_)
             | Self::Respond(_)
-            | Self::Relay(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::Relay(_)
+            | Self::PolicyChanged => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

@@ -6,7 +6,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
 
 use mesh::hbone::server::{IncomingTunnel, serve_connection};
 use mesh::hbone::{Authority, H2Settings};
@@ -16,14 +15,16 @@ use mesh::tls::{self, TrustBundles};
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::error::{ConnectionError, chain};
+use super::observe::{ConnectionContext, ConnectionRecord, Peer};
 use super::scope::Scope;
 use super::socket::UpstreamSocket;
 use super::tracked::{Protocol, Registration};
 use super::{Inputs, authorize, connect_upstream, lock};
-use crate::state::{Snapshot, Workload};
+use crate::metrics::{Reporter, SecurityPolicy};
+use crate::state::{Service, Snapshot, Workload};
 
 /// Handles one accepted connection on 15008 until the client closes it or the proxy drains.
 pub(super) async fn handle(
@@ -123,56 +124,81 @@ struct TunnelContext {
 
 impl TunnelContext {
     async fn serve_tunnel(&self, tunnel: IncomingTunnel) {
-        let started = Instant::now();
         let authority = tunnel.authority().to_string();
-        match self.open_upstream(tunnel.authority()).await {
-            Ok((mut upstream, registration)) => {
-                let mut stream = match tunnel.accept(http::HeaderMap::new()) {
-                    Ok(stream) => stream,
-                    Err(err) => {
-                        let err = ConnectionError::Respond(err);
-                        warn!(src = %self.peer, src_identity = %self.client_id, dst = %authority, error = %chain(&err), "inbound tunnel failed");
-                        return;
-                    }
-                };
-                match registration.relay(&mut stream, &mut upstream).await {
-                    Some(Ok(moved)) => info!(
-                        src = %self.peer, src_identity = %self.client_id, dst = %authority,
-                        sent = moved.received, received = moved.sent,
-                        duration_ms = started.elapsed().as_millis(), "inbound connection complete"
-                    ),
-                    Some(Err(err)) => {
-                        // One leg broke: the other is cut too, not closed as if complete.
-                        stream.abort();
-                        super::socket::reset_on_close(&upstream);
-                        let err = ConnectionError::Relay(err);
-                        warn!(src = %self.peer, src_identity = %self.client_id, dst = %authority, error = %chain(&err), "inbound tunnel failed");
-                    }
-                    // The close was logged with its reason; both legs are reset.
-                    None => {
-                        stream.abort();
-                        super::socket::reset_on_close(&upstream);
-                        debug!(
-                            src = %self.peer, src_identity = %self.client_id, dst = %authority,
-                            duration_ms = started.elapsed().as_millis(), "inbound tunnel reset after a policy change"
-                        );
-                    }
-                }
-            }
+        let mut record = None;
+        let (mut upstream, registration) = match self
+            .open_upstream(tunnel.authority(), &mut record)
+            .await
+        {
+            Ok(opened) => opened,
             Err(err) => {
                 let status = err.status();
-                warn!(src = %self.peer, src_identity = %self.client_id, dst = %authority,
-                    status = status.as_u16(), error = %chain(&err), "inbound tunnel refused");
+                // With a record, the access log carries the failure; without one, this is
+                // the only trace of it.
+                if record.is_some() {
+                    debug!(src = %self.peer, src_identity = %self.client_id, dst = %authority,
+                            status = status.as_u16(), error = %chain(&err), "inbound tunnel refused");
+                } else {
+                    warn!(src = %self.peer, src_identity = %self.client_id, dst = %authority,
+                            status = status.as_u16(), error = %chain(&err), "inbound tunnel refused");
+                }
                 tunnel.reject(status);
+                if let Some(record) = record {
+                    record.finish(Err(&err));
+                }
+                return;
+            }
+        };
+        // From here on a record exists: it carries the outcome to metrics and the access log.
+        let Some(record) = record else { return };
+        let mut stream = match tunnel.accept(http::HeaderMap::new()) {
+            Ok(stream) => stream,
+            Err(err) => {
+                let err = ConnectionError::Respond(err);
+                debug!(src = %self.peer, src_identity = %self.client_id, dst = %authority, error = %chain(&err), "inbound tunnel failed");
+                record.finish(Err(&err));
+                return;
+            }
+        };
+        let relayed = registration
+            .relay(&mut record.meter(&mut stream), &mut upstream)
+            .await;
+        match relayed {
+            Some(Ok(moved)) => {
+                debug!(
+                    src = %self.peer, src_identity = %self.client_id, dst = %authority,
+                    sent = moved.received, received = moved.sent, "inbound connection complete"
+                );
+                record.finish(Ok(()));
+            }
+            Some(Err(err)) => {
+                // One leg broke: the other is cut too, not closed as if complete.
+                stream.abort();
+                super::socket::reset_on_close(&upstream);
+                let err = ConnectionError::Relay(err);
+                debug!(src = %self.peer, src_identity = %self.client_id, dst = %authority, error = %chain(&err), "inbound tunnel failed");
+                record.finish(Err(&err));
+            }
+            // The close was logged with its reason; both legs are reset.
+            None => {
+                stream.abort();
+                super::socket::reset_on_close(&upstream);
+                debug!(
+                    src = %self.peer, src_identity = %self.client_id, dst = %authority,
+                    "inbound tunnel reset after a policy change"
+                );
+                record.finish(Err(&ConnectionError::PolicyChanged));
             }
         }
     }
 
-    /// Everything that must hold before the client may be told 200. The tunnel is tracked
-    /// from here on, so a later policy change can close it.
+    /// Everything that must hold before the client may be told 200. The connection is recorded
+    /// once its destination workload is known (so a denial is counted), and tracked once
+    /// authorized, so a later policy change can close it.
     async fn open_upstream(
         &self,
         authority: &Authority,
+        record: &mut Option<ConnectionRecord>,
     ) -> Result<(TcpStream, Registration), ConnectionError> {
         let target = match authority {
             Authority::Addr(addr) => *addr,
@@ -193,13 +219,32 @@ impl TunnelContext {
             &self.scope,
             SocketAddr::new(self.local, 0),
         )?;
+        *record = Some(ConnectionRecord::open(
+            &self.inputs.metrics,
+            ConnectionContext {
+                reporter: Reporter::Destination,
+                security: SecurityPolicy::MutualTls,
+                source: Peer {
+                    workload: snapshot.workload_by_ip(&self.inputs.network, self.peer.ip()),
+                    identity: Some(self.client_id.clone()),
+                },
+                destination: Peer {
+                    identity: Some(workload.identity()),
+                    workload: Some(Arc::clone(&workload)),
+                },
+                service: service_for_port(&snapshot, &workload, target.port()),
+                src_addr: self.peer,
+                dst_addr: SocketAddr::new(self.local, mesh::hbone::HBONE_PORT),
+                hbone_addr: Some(target),
+            },
+        ));
         let attrs = ConnectionAttrs {
             source_identity: Some(self.client_id.clone()),
             source_ip: self.peer.ip(),
             destination_ip: target.ip(),
             destination_port: target.port(),
         };
-        authorize(&snapshot, &workload, &attrs)?;
+        authorize(&snapshot, &workload, &attrs, &self.inputs.metrics)?;
         let authorized = snapshot.generation();
         drop(snapshot);
         // The application sees the client's address, unless client and pod are the same.
@@ -219,4 +264,18 @@ impl TunnelContext {
             .map_err(|reason| reason.into_error(target))?;
         Ok((upstream, registration))
     }
+}
+
+/// The first of `workload`'s services that maps some port to `target_port`: the service an
+/// inbound connection is reported under.
+pub(super) fn service_for_port(
+    snapshot: &Snapshot,
+    workload: &Workload,
+    target_port: u16,
+) -> Option<Arc<Service>> {
+    workload
+        .services
+        .iter()
+        .filter(|(_, ports)| ports.values().any(|&port| port == target_port))
+        .find_map(|(key, _)| snapshot.service(key))
 }

@@ -5,54 +5,50 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use mesh::policy::ConnectionAttrs;
 use tokio::net::TcpStream;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::error::{ConnectionError, chain};
-use super::relay::Transferred;
+use super::inbound::service_for_port;
+use super::observe::{ConnectionContext, ConnectionRecord, Peer};
 use super::scope::Scope;
 use super::socket::{self, UpstreamSocket};
 use super::tracked::Protocol;
 use super::{Inputs, authorize, connect_upstream};
+use crate::metrics::{Reporter, SecurityPolicy};
 
-/// How a relayed connection ended.
-enum Ended {
-    /// Both directions finished.
-    Complete(Transferred),
-    /// A policy change no longer allows it (logged with the reason where it was decided).
-    Closed,
-}
-
-/// Handles one captured plaintext connection to its end, logging the outcome once.
+/// Handles one captured plaintext connection to its end. Once its destination workload is
+/// known the access log and metrics record its outcome; a refusal before that is logged here.
 pub(super) async fn handle(
     inputs: Arc<Inputs>,
     scope: Scope,
     mut downstream: TcpStream,
     peer: SocketAddr,
 ) {
-    let started = Instant::now();
-    match proxy(&inputs, &scope, &mut downstream, peer).await {
-        Ok((dst, Ended::Complete(moved))) => info!(
-            src = %peer, dst = %dst, sent = moved.received, received = moved.sent,
-            duration_ms = started.elapsed().as_millis(), "inbound plaintext connection complete"
-        ),
+    let mut record = None;
+    let outcome = proxy(&inputs, &scope, &mut downstream, peer, &mut record).await;
+    match &outcome {
+        Ok(()) => debug!(src = %peer, "inbound plaintext connection complete"),
         // Returning drops both sockets, reset: client and application see the connection cut.
-        Ok((dst, Ended::Closed)) => {
+        Err(ConnectionError::PolicyChanged) => {
             socket::reset_on_close(&downstream);
-            debug!(
-                src = %peer, dst = %dst, duration_ms = started.elapsed().as_millis(),
-                "inbound plaintext connection closed after a policy change"
-            )
+            debug!(src = %peer, "inbound plaintext connection closed after a policy change");
         }
         Err(err) => {
             if matches!(err, ConnectionError::Relay(_)) {
                 socket::reset_on_close(&downstream);
             }
-            warn!(src = %peer, error = %chain(&err), "inbound plaintext connection refused")
+            if record.is_some() {
+                debug!(src = %peer, error = %chain(err), "inbound plaintext connection refused");
+            } else {
+                warn!(src = %peer, error = %chain(err), "inbound plaintext connection refused");
+            }
         }
+    }
+    if let Some(record) = record {
+        record.finish(outcome.as_ref().map(|_| ()));
     }
 }
 
@@ -61,7 +57,8 @@ async fn proxy(
     scope: &Scope,
     downstream: &mut TcpStream,
     peer: SocketAddr,
-) -> Result<(SocketAddr, Ended), ConnectionError> {
+    record: &mut Option<ConnectionRecord>,
+) -> Result<(), ConnectionError> {
     let original =
         socket::original_destination(downstream).map_err(ConnectionError::OriginalDestination)?;
     scope.await_known(&inputs.directory, &inputs.node).await;
@@ -73,13 +70,32 @@ async fn proxy(
         original.ip(),
         || ConnectionError::UnknownDestination(original),
     )?;
+    let record = record.insert(ConnectionRecord::open(
+        &inputs.metrics,
+        ConnectionContext {
+            reporter: Reporter::Destination,
+            security: SecurityPolicy::None,
+            source: Peer {
+                workload: snapshot.workload_by_ip(&inputs.network, peer.ip()),
+                identity: None,
+            },
+            destination: Peer {
+                identity: Some(workload.identity()),
+                workload: Some(Arc::clone(&workload)),
+            },
+            service: service_for_port(&snapshot, &workload, original.port()),
+            src_addr: peer,
+            dst_addr: original,
+            hbone_addr: None,
+        },
+    ));
     let attrs = ConnectionAttrs {
         source_identity: None,
         source_ip: peer.ip(),
         destination_ip: original.ip(),
         destination_port: original.port(),
     };
-    authorize(&snapshot, &workload, &attrs)?;
+    authorize(&snapshot, &workload, &attrs, &inputs.metrics)?;
     let authorized = snapshot.generation();
     drop(snapshot);
     let source = (peer.ip() != original.ip()).then_some(peer.ip());
@@ -95,14 +111,14 @@ async fn proxy(
             Protocol::Plaintext,
         )
         .map_err(|reason| reason.into_error(original))?;
-    match registration.relay(downstream, &mut upstream).await {
-        Some(moved) => Ok((
-            original,
-            Ended::Complete(moved.map_err(ConnectionError::Relay)?),
-        )),
+    match registration
+        .relay(&mut record.meter(downstream), &mut upstream)
+        .await
+    {
+        Some(moved) => moved.map(|_| ()).map_err(ConnectionError::Relay),
         None => {
             socket::reset_on_close(&upstream);
-            Ok((original, Ended::Closed))
+            Err(ConnectionError::PolicyChanged)
         }
     }
 }

@@ -11,6 +11,7 @@
 mod error;
 mod inbound;
 mod inbound_plaintext;
+mod observe;
 mod outbound;
 mod relay;
 mod route;
@@ -26,7 +27,10 @@ use std::time::Duration;
 
 use mesh::hbone::pool::Pool;
 use mesh::identity::{CertStore, SpiffeId};
-use mesh::policy::{ConnectionAttrs, Decision, Verdict, applicable, evaluate};
+use mesh::policy::{
+    AllowSetOutcome, ConnectionAttrs, Decision, DenyReason, DryRunReport, Verdict, applicable,
+    evaluate,
+};
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +40,7 @@ use tracing::{info, warn};
 pub use error::ConnectionError;
 pub use scope::{EnrolledPod, Scope};
 
+use crate::metrics::{DryRunLabels, Metrics};
 use crate::state::{Directory, Snapshot, Workload};
 
 /// Longest a connect to an application or plain-TCP destination may take (upstream's value).
@@ -55,6 +60,8 @@ pub struct Inputs {
     pub node: String,
     /// Default cluster id for baggage.
     pub cluster_id: String,
+    /// Where connections are counted.
+    pub metrics: Arc<Metrics>,
     server_configs: Mutex<HashMap<SpiffeId, (String, Arc<ServerConfig>)>>,
     /// Open inbound connections, re-checked on every policy change.
     tracked: tracked::Tracked,
@@ -71,6 +78,7 @@ impl Inputs {
         network: String,
         node: String,
         cluster_id: String,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             directory,
@@ -79,6 +87,7 @@ impl Inputs {
             network,
             node,
             cluster_id,
+            metrics,
             server_configs: Mutex::new(HashMap::new()),
             tracked: tracked::Tracked::new(),
             recheck_started: Once::new(),
@@ -117,24 +126,65 @@ fn decide(
 }
 
 /// Applies the policies of `snapshot` that bind `workload` to a new connection; a dry-run
-/// verdict is only logged.
+/// verdict is only logged and counted.
 fn authorize(
     snapshot: &Snapshot,
     workload: &Workload,
     attrs: &ConnectionAttrs,
+    metrics: &Metrics,
 ) -> Result<(), ConnectionError> {
     let (decision, unknown) = decide(snapshot, workload, attrs);
     for unknown in &unknown {
         warn!(workload = %workload.uid, policy = %unknown, "workload lists an unknown policy; skipped");
     }
     if let Some(dry_run) = &decision.dry_run {
-        info!(workload = %workload.uid, src = %attrs.source_ip, verdict = ?dry_run.verdict,
-            "dry-run policy evaluated (not enforced)");
+        report_dry_run(dry_run, workload, attrs, metrics);
     }
     match decision.verdict {
         Verdict::Allow => Ok(()),
         Verdict::Deny(reason) => Err(ConnectionError::Denied(reason)),
     }
+}
+
+/// The dry-run record and counters of policy.md §5.4.
+fn report_dry_run(
+    report: &DryRunReport,
+    workload: &Workload,
+    attrs: &ConnectionAttrs,
+    metrics: &Metrics,
+) {
+    let count = |action, result, policy: String| {
+        metrics
+            .dry_run
+            .get_or_create(&DryRunLabels {
+                reporter: "destination",
+                authz_dry_run_action: action,
+                authz_dry_run_result: result,
+                policy,
+            })
+            .inc();
+    };
+    for policy in &report.matched_denies {
+        info!(workload = %workload.uid, %policy, "dry-run: deny policy match");
+        count("deny", "denied", policy.to_string());
+    }
+    for policy in &report.matched_allows {
+        info!(workload = %workload.uid, %policy, "dry-run: allow policy match");
+    }
+    if report.no_allow_matched {
+        info!(workload = %workload.uid, "dry-run: no allow policies match");
+    }
+    match &report.allow_set {
+        Some(AllowSetOutcome::Allowed(policy)) => count("allow", "allowed", policy.to_string()),
+        Some(AllowSetOutcome::Denied) => count("allow", "denied", "none".to_owned()),
+        None => {}
+    }
+    let (verdict, policy) = match &report.verdict {
+        Verdict::Allow => ("allow", "none".to_owned()),
+        Verdict::Deny(DenyReason::DeniedBy(policy)) => ("deny", policy.to_string()),
+        Verdict::Deny(DenyReason::NoAllowMatched { .. }) => ("deny", "none".to_owned()),
+    };
+    info!(workload = %workload.uid, src = %attrs.source_ip, policy, verdict, "dry-run verdict");
 }
 
 /// The verdict [`authorize`] would reach, without its log lines: for re-checking connections

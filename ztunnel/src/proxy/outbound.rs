@@ -2,42 +2,52 @@
 //! address, resolve the original destination, then tunnel over HBONE or pass through as TCP.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::sync::Arc;
 
-use mesh::hbone::Baggage;
 use mesh::hbone::headers::connect_headers;
 use mesh::hbone::pool::PoolKey;
+use mesh::hbone::{Authority, Baggage};
 use tokio::net::TcpStream;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::error::{ConnectionError, chain};
-use super::relay::{Transferred, relay};
+use super::observe::{ConnectionContext, ConnectionRecord, Peer};
+use super::relay::relay;
 use super::route::{Plan, plan};
 use super::scope::Scope;
 use super::socket::{self, UpstreamSocket};
 use super::{Inputs, connect_upstream};
-use crate::state::Workload;
+use crate::metrics::{Reporter, SecurityPolicy};
+use crate::state::{Resolution, Workload};
 
-/// Handles one captured outbound connection to its end, logging the outcome once.
+/// Handles one captured outbound connection to its end. Once it is routed, the access log and
+/// metrics record its outcome; a connection refused before that is logged here.
 pub(super) async fn handle(
     inputs: &Inputs,
     scope: &Scope,
     mut downstream: TcpStream,
     peer: SocketAddr,
 ) {
-    let started = Instant::now();
-    match proxy(inputs, scope, &mut downstream, peer).await {
-        Ok((dst, moved)) => info!(
-            src = %peer, dst = %dst, sent = moved.sent, received = moved.received,
-            duration_ms = started.elapsed().as_millis(), "outbound connection complete"
-        ),
-        Err(err) => {
-            if matches!(err, ConnectionError::Relay(_)) {
-                // The far side was cut mid-stream: the application must not take the end of
-                // its connection for a complete answer.
-                socket::reset_on_close(&downstream);
+    let mut record = None;
+    let outcome = proxy(inputs, scope, &mut downstream, peer, &mut record).await;
+    if let Err(err) = &outcome
+        && matches!(err, ConnectionError::Relay(_))
+    {
+        // The far side was cut mid-stream: the application must not take the end of its
+        // connection for a complete answer.
+        socket::reset_on_close(&downstream);
+    }
+    match record {
+        Some(record) => {
+            if let Err(err) = &outcome {
+                debug!(src = %peer, error = %chain(err), "outbound connection failed");
             }
-            warn!(src = %peer, error = %chain(&err), "outbound connection failed")
+            record.finish(outcome.as_ref().map(|_| ()));
+        }
+        None => {
+            if let Err(err) = &outcome {
+                warn!(src = %peer, error = %chain(err), "outbound connection failed");
+            }
         }
     }
 }
@@ -47,7 +57,8 @@ async fn proxy(
     scope: &Scope,
     downstream: &mut TcpStream,
     peer: SocketAddr,
-) -> Result<(SocketAddr, Transferred), ConnectionError> {
+    record: &mut Option<ConnectionRecord>,
+) -> Result<(), ConnectionError> {
     let original =
         socket::original_destination(downstream).map_err(ConnectionError::OriginalDestination)?;
     scope.await_known(&inputs.directory, &inputs.node).await;
@@ -59,7 +70,45 @@ async fn proxy(
     let route = plan(&resolution, original)?;
     drop(snapshot);
     debug!(src = %peer, dst = %original, ?route, "outbound route");
-    let moved = match route {
+    let (destination, service) = match &resolution {
+        Resolution::Workload { workload, .. } => (Some(Arc::clone(workload)), None),
+        Resolution::Service {
+            service, endpoint, ..
+        } => (Some(Arc::clone(endpoint)), Some(Arc::clone(service))),
+        _ => (None, None),
+    };
+    let (dst_addr, hbone_addr, security) = match &route {
+        Plan::Hbone {
+            next_hop,
+            authority,
+            ..
+        } => (
+            *next_hop,
+            authority_addr(authority),
+            SecurityPolicy::MutualTls,
+        ),
+        Plan::Tcp(addr) => (*addr, None, SecurityPolicy::Unknown),
+    };
+    let record = record.insert(ConnectionRecord::open(
+        &inputs.metrics,
+        ConnectionContext {
+            reporter: Reporter::Source,
+            security,
+            source: Peer {
+                identity: Some(source.identity()),
+                workload: Some(Arc::clone(&source)),
+            },
+            destination: Peer {
+                identity: destination.as_ref().map(|w| w.identity()),
+                workload: destination,
+            },
+            service,
+            src_addr: peer,
+            dst_addr,
+            hbone_addr,
+        },
+    ));
+    match route {
         Plan::Hbone {
             next_hop,
             authority,
@@ -79,9 +128,9 @@ async fn proxy(
                 .open(&key, &authority, headers, &origin)
                 .await
                 .map_err(ConnectionError::Tunnel)?;
-            relay(downstream, &mut tunnel)
+            relay(&mut record.meter(downstream), &mut tunnel)
                 .await
-                .map_err(ConnectionError::Relay)?
+                .map_err(ConnectionError::Relay)?;
         }
         Plan::Tcp(addr) => {
             // From the source's own address, as if the application had dialed directly: inside
@@ -91,12 +140,19 @@ async fn proxy(
                 source: matches!(scope, Scope::Node).then_some(peer.ip()),
             };
             let mut upstream = connect_upstream(addr, how, &scope.origin()).await?;
-            relay(downstream, &mut upstream)
+            relay(&mut record.meter(downstream), &mut upstream)
                 .await
-                .map_err(ConnectionError::Relay)?
+                .map_err(ConnectionError::Relay)?;
         }
-    };
-    Ok((original, moved))
+    }
+    Ok(())
+}
+
+fn authority_addr(authority: &Authority) -> Option<SocketAddr> {
+    match authority {
+        Authority::Addr(addr) => Some(*addr),
+        Authority::Host { .. } => None,
+    }
 }
 
 /// The source workload as upstream describes it in `baggage`.

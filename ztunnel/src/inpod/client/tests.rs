@@ -68,6 +68,7 @@ async fn start() -> Agent {
         String::new(),
         "node".into(),
         "cluster".into(),
+        Arc::new(ztunnel_metrics()),
     ));
     let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let listeners = Listeners {
@@ -272,4 +273,8 @@ async fn bad_records_cost_only_their_connection_and_other_pods_stay_up() {
     assert_eq!(send(&conn, &del, false).await, None);
     assert!(agent.running().is_empty());
     agent.stop.cancel();
+}
+
+fn ztunnel_metrics() -> crate::metrics::Metrics {
+    crate::metrics::Metrics::default()
 }
