@@ -9,8 +9,11 @@ CARGO_FLAGS ?= --locked
 build:
 	$(CARGO) build $(CARGO_FLAGS) --workspace --all-targets
 
-# The end-to-end tests drive the built binaries, so those are built first.
+# The end-to-end tests drive the built binaries, so those are built first. The manifests in
+# deploy/ are validated offline against the Kubernetes API schemas (tests/tests/deploy.rs then
+# checks they set only what the binaries read).
 test:
+	python3 deploy/validate
 	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
 	$(CARGO) test $(CARGO_FLAGS) --workspace
 

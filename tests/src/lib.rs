@@ -219,7 +219,9 @@ impl Process {
                     }
                     let count = {
                         let mut all = lines.lock().unwrap();
-                        all.push(line);
+                        // Kept with the tabs of the plain log format as spaces, so a needle
+                        // reads as the line does in a terminal ("message key=value").
+                        all.push(line.replace('\t', " "));
                         all.len()
                     };
                     tx.send_replace(count);

@@ -244,16 +244,16 @@ async fn run_cases() {
                 }
             };
             let dry_run_needle = format!("src={}", from.ip());
-            let report = ["dry-run policy evaluated", dry_run_needle.as_str()];
+            let report = ["dry-run verdict", dry_run_needle.as_str()];
             let dry_before = destination_node.map(|n| mesh.ztunnel(n).count(&report));
             let observed = attempt(from, target).await;
             let mut ok = observed == request.expect;
             let mut dry_note = String::new();
             if let Some(want) = &request.dry_run {
                 let word = if want == "deny" {
-                    "verdict=Deny"
+                    "verdict=\"deny\""
                 } else {
-                    "verdict=Allow"
+                    "verdict=\"allow\""
                 };
                 let seen = match (destination_node, dry_before) {
                     (Some(node), Some(before)) => {

@@ -211,7 +211,7 @@ fn metrics_access_log_readiness_and_admin_tell_what_crossed() {
         let inbound_record = ztunnel
             .wait_for_lines(
                 &[
-                    "\taccess\tconnection complete",
+                    " access connection complete",
                     "direction=\"inbound\"",
                     "src.identity=\"spiffe://cluster.local/ns/shop/sa/web\"",
                 ],
@@ -232,7 +232,7 @@ fn metrics_access_log_readiness_and_admin_tell_what_crossed() {
             );
         }
         let plaintext_record = ztunnel
-            .wait_for_lines(&["\taccess\tconnection complete", "src.addr=127.0.0.9:"], 1)
+            .wait_for_lines(&[" access connection complete", "src.addr=127.0.0.9:"], 1)
             .await
             .remove(0);
         assert!(

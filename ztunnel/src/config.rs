@@ -56,7 +56,16 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        // Upstream's DaemonSet runs `ztunnel proxy ztunnel`: accepted, so only the image changes.
+        if args.get(1).is_some_and(|first| first == "proxy") {
+            let skip = if args.get(2).is_some_and(|a| a == "ztunnel") {
+                2
+            } else {
+                1
+            };
+            args.drain(1..=skip);
+        }
         if args.get(1).is_some_and(|first| first == "node-agent") {
             let rest = std::iter::once(std::ffi::OsString::from("ztunnel node-agent"))
                 .chain(args.into_iter().skip(2));
@@ -283,6 +292,19 @@ mod tests {
         assert!(!agent.dns_capture, "DNS capture is off without a DNS proxy");
         let proxy = Cli::try_parse_from(["ztunnel", "--local-xds-path", "x", "--node-name", "n"]);
         assert!(matches!(proxy.unwrap(), Cli::Proxy(_)));
+        let upstream_args = Cli::try_parse_from([
+            "ztunnel",
+            "proxy",
+            "ztunnel",
+            "--local-xds-path",
+            "x",
+            "--node-name",
+            "n",
+        ]);
+        assert!(
+            matches!(upstream_args.unwrap(), Cli::Proxy(_)),
+            "upstream's `proxy ztunnel` arguments are accepted"
+        );
         assert!(
             Cli::try_parse_from(["ztunnel"]).is_err(),
             "the proxy still needs its flags"
