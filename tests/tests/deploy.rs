@@ -1207,7 +1207,7 @@ fn help_parsing_sees_env_and_flags() {
     assert_eq!(agent.flags["ipv6"].default.as_deref(), Some("true"));
     assert_eq!(h.flags["proxy-mode"].default.as_deref(), Some("shared"));
     // And a word the binary refuses is seen as refused.
-    assert!(help("ztunnel", &["proxy".to_owned()]).is_err());
+    assert!(help("ztunnel", &["frobnicate".to_owned()]).is_err());
 }
 
 // ---------------------------------------------------------------------------------------------
