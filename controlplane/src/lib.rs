@@ -4,10 +4,12 @@
 //!
 //! [`k8s`] reads and validates the YAML; [`translate`] computes `istio.workload.Address` and
 //! `istio.security.Authorization` resources; [`xds`] serves them; [`ca`] signs certificates;
-//! [`serve`] puts both on one TLS listener.
+//! [`serve`] puts both on one TLS listener. [`report`] reads what the ztunnels counted, for the
+//! permissive-to-strict and dry-run rollout reports.
 
 pub mod ca;
 pub mod k8s;
+pub mod report;
 pub mod serve;
 pub mod source;
 pub mod translate;

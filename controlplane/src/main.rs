@@ -1,9 +1,13 @@
 //! `controlplane serve`: the configuration directory translated and served over delta ADS, and
 //! the workload CA, on one TLS port (istiod's 15012), until SIGTERM.
+//!
+//! `controlplane report plaintext|dry-run <ztunnel>...`: the rollout reports, from what the
+//! ztunnels counted.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,9 +15,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use controlplane::ca::{CaService, Tokens, load_or_create};
 use controlplane::serve::{Router, tls_incoming};
-use controlplane::source;
 use controlplane::translate::Options;
 use controlplane::xds::DeltaAdsServer;
+use controlplane::{report, source};
 use mesh::config::parse_duration;
 use mesh::identity::{CaLimits, TrustDomain};
 use tokio::sync::watch;
@@ -33,8 +37,39 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve xDS and the CA.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Read the ztunnels' metrics and report what a rollout step would change.
+    #[command(subcommand)]
+    Report(Report),
 }
+
+#[derive(Debug, Subcommand)]
+enum Report {
+    /// Who still receives plaintext, from where, and whether STRICT would refuse it now.
+    Plaintext(ReportArgs),
+    /// What the dry-run authorization policies would have denied.
+    DryRun(ReportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ReportArgs {
+    /// Count only what happens over this long (two scrapes this far apart), e.g. `10m`;
+    /// without it, everything since each ztunnel started.
+    #[arg(long, value_parser = parse_duration)]
+    over: Option<Duration>,
+
+    /// How long one scrape may take.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    timeout: Duration,
+
+    /// Every ztunnel's metrics address (`host:15020` or an `http://` URL): the report covers
+    /// the ones named, so name them all.
+    #[arg(required = true, value_name = "ZTUNNEL")]
+    ztunnels: Vec<String>,
+}
+
+/// Exit status of a report that could not read every ztunnel named.
+const EXIT_INCOMPLETE: u8 = 2;
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
@@ -99,8 +134,11 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 /// Lifetime of the serving certificate (within the signer's own).
 const SERVING_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
-fn main() -> anyhow::Result<()> {
-    let Command::Serve(args) = Cli::parse().command;
+fn main() -> anyhow::Result<ExitCode> {
+    let args = match Cli::parse().command {
+        Command::Serve(args) => args,
+        Command::Report(kind) => return report(kind),
+    };
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
@@ -113,7 +151,53 @@ fn main() -> anyhow::Result<()> {
         .thread_name("controlplane")
         .build()
         .context("starting the runtime")?
-        .block_on(serve(args))
+        .block_on(serve(*args))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::print_stdout)] // the report is what this command is for
+fn report(kind: Report) -> anyhow::Result<ExitCode> {
+    let args = match &kind {
+        Report::Plaintext(args) | Report::DryRun(args) => args,
+    };
+    let scraped = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(report::collect(&args.ztunnels, args.over, args.timeout));
+    if scraped.read == 0 {
+        let reasons: Vec<String> = scraped
+            .unreachable
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        anyhow::bail!("no ztunnel could be read: {}", reasons.join("; "));
+    }
+    let window = args.over.map(mesh::config::format_duration);
+    match kind {
+        Report::Plaintext(_) => print!(
+            "{}",
+            report::plaintext(&scraped.samples, scraped.read, window)
+        ),
+        Report::DryRun(_) => print!(
+            "{}",
+            report::dry_run(&scraped.samples, scraped.read, window)
+        ),
+    }
+    if scraped.unreachable.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The counts above leave these nodes out: say so where the report is read, and in the
+    // exit status for scripts.
+    println!(
+        "\nINCOMPLETE: {} of {} ztunnel(s) could not be read; their traffic is not counted above:",
+        scraped.unreachable.len(),
+        args.ztunnels.len()
+    );
+    for error in &scraped.unreachable {
+        println!("  {error}");
+    }
+    Ok(ExitCode::from(EXIT_INCOMPLETE))
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

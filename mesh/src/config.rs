@@ -29,6 +29,23 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
     }
 }
 
+/// Writes `duration` in the largest unit of [`parse_duration`] that keeps it whole (`10m`,
+/// `90s`, `1500ms`), so it reads back the same.
+pub fn format_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if !millis.is_multiple_of(1000) {
+        return format!("{millis}ms");
+    }
+    let seconds = duration.as_secs();
+    [(86_400, "d"), (3600, "h"), (60, "m")]
+        .iter()
+        .find(|(factor, _)| seconds != 0 && seconds.is_multiple_of(*factor))
+        .map_or_else(
+            || format!("{seconds}s"),
+            |(factor, unit)| format!("{}{unit}", seconds / factor),
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,5 +61,13 @@ mod tests {
         assert!(parse_duration("5w").is_err_and(|e| e.contains("unknown unit")));
         assert!(parse_duration("x").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn durations_written_back() {
+        for text in ["1500ms", "0s", "90s", "10m", "2h", "3d"] {
+            let duration = parse_duration(text).unwrap_or_default();
+            assert_eq!(format_duration(duration), text);
+        }
     }
 }
