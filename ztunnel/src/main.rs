@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use mesh::hbone::pool::{Pool, PoolSettings};
 use mesh::identity::{
-    CaLimits, CertStore, CertificateProvider, IstioCaClient, IstioCaSettings, LocalCa,
-    RefreshPolicy, Token, certs_from_pem,
+    CaLimits, CertStore, CertStoreCollector, CertificateProvider, IstioCaClient, IstioCaSettings,
+    LocalCa, RefreshPolicy, Token, certs_from_pem,
 };
 use mesh::telemetry::logging::{self, LogControl, LogFormat};
 use mesh::xds::{AdsClient, Subscription};
@@ -119,6 +119,7 @@ async fn run(
     tokio::spawn(mesh::shutdown::stop_on_signal(shutdown.clone()));
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry, Handle::current());
+    registry.register_collector(Box::new(CertStoreCollector::new(certs.clone())));
     let readiness = Arc::new(Readiness::new());
     readiness.set_pending(admin::readiness::STATE_MANAGER, true);
     readiness.set_pending(

@@ -7,6 +7,7 @@ mod istio_ca;
 mod local_ca;
 mod spiffe;
 mod store;
+mod store_metrics;
 
 pub use certificate::{
     CertificateError, LeafInfo, WorkloadCertificate, certs_from_pem, parse_leaf,
@@ -24,3 +25,4 @@ pub use store::{
     CertState, CertStore, CertificateProvider, FetchError, ProviderFuture, RefreshPolicy,
     StoreError,
 };
+pub use store_metrics::CertStoreCollector;
