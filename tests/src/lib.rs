@@ -14,6 +14,7 @@ pub mod apps;
 pub mod mesh;
 pub mod netns;
 pub mod pcap;
+pub mod storefront;
 pub mod topology;
 pub mod world;
 

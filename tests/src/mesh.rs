@@ -390,9 +390,14 @@ impl Mesh {
         self.write_cluster_text(&self.cluster_yaml(extra));
     }
 
+    /// The directory the control plane watches: every `*.yaml` in it is configuration.
+    pub fn config_dir(&self) -> PathBuf {
+        self.world.dir().join("cluster")
+    }
+
     /// Writes `text` as the control plane's whole configuration.
     pub fn write_cluster_text(&self, text: &str) {
-        let dir = self.world.dir().join("cluster");
+        let dir = self.config_dir();
         std::fs::create_dir_all(&dir).unwrap();
         let staging = self.world.dir().join("cluster.yaml.new");
         std::fs::write(&staging, text).unwrap();
@@ -424,7 +429,7 @@ impl Mesh {
         std::fs::write(&tokens, callers).unwrap();
         let ip = self.cluster.node(node).gateway();
         let ca_dir = self.world.dir().join("cacerts");
-        let config_dir = self.world.dir().join("cluster");
+        let config_dir = self.config_dir();
         let args = vec![
             "netns".to_owned(),
             "exec".to_owned(),

@@ -2,41 +2,16 @@
 //! told as a short story of what the mesh did and how we know. Needs root (it creates network
 //! namespaces); removes everything it made when it ends, whatever happened.
 //!
-//! Cast: `web` and `api` (the shop, in the mesh), `catalog` (in the mesh, permissive),
-//! `legacy` (a pod outside the mesh), `outsider` (in the mesh with another identity).
+//! The cast and their policies are in [`e2e::storefront`]; the runbooks' commands run against
+//! the same mesh (tests/tests/operate.rs).
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)] // a demo talks to its reader and stops at the first surprise
 
-use std::net::SocketAddr;
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 
-use e2e::WAIT;
-use e2e::apps::{Behaviour, Server, checksum, exchange, payload};
-use e2e::mesh::Mesh;
 use e2e::pcap::Capture;
-use e2e::topology::Pod;
-
-const PORT: u16 = 8080;
-const MARKER: &[u8] = b"ORDER-4711-CARD-PAN";
-
-/// What the platform team wrote: api takes mTLS only, and only from web.
-const API_POLICY: &str = "apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: api-strict, namespace: storefront}
-spec:
-  selector: {matchLabels: {app: api}}
-  mtls: {mode: STRICT}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: api-only-web, namespace: storefront}
-spec:
-  selector: {matchLabels: {app: api}}
-  action: ALLOW
-  rules:
-  - from:
-    - source: {principals: [\"cluster.local/ns/storefront/sa/web\"]}
-";
+use e2e::storefront::{MARKER, PORT, Storefront, order};
+use e2e::topology::NodeId;
 
 fn main() -> ExitCode {
     if !nix::unistd::geteuid().is_root() {
@@ -78,52 +53,28 @@ impl Narrator {
     }
 }
 
-/// Sends a marked order from `from` to `to`; `Some(true)` if it came back intact, `Some(false)`
-/// if it came back damaged, `None` if the connection was refused.
-async fn order(from: &Pod, to: SocketAddr) -> Option<bool> {
-    let mut data = payload(32 * 1024, 7);
-    data[..MARKER.len()].copy_from_slice(MARKER);
-    let sent = checksum(&data);
-    let result = tokio::time::timeout(WAIT, async {
-        let stream = from.netns().connect(to).await?;
-        exchange(stream, data).await
-    })
-    .await
-    .ok()?;
-    match result {
-        Ok(back) if back.is_empty() => None,
-        Ok(back) => Some(checksum(&back) == sent),
-        Err(_) => None,
-    }
-}
-
 async fn story() -> usize {
     let mut n = Narrator { surprises: 0 };
     n.say("== A storefront on two nodes ==");
-    let mut mesh = Mesh::new("demo");
-    let (n1, n2) = (mesh.add_node("node1"), mesh.add_node("node2"));
-    let web = mesh.add_pod(n1, "web", "storefront");
-    let legacy = mesh.add_pod(n1, "legacy", "legacy");
-    let api = mesh.add_pod(n2, "api", "storefront");
-    let catalog = mesh.add_pod(n2, "catalog", "storefront");
-    let outsider = mesh.add_pod(n2, "outsider", "partner");
-    mesh.workload_mut("legacy").protocol = "TCP";
-    for pod in [&web, &api, &catalog, &outsider] {
-        mesh.enroll(pod);
-    }
+    let mut shop = Storefront::new("demo");
+    let (n1, n2) = (shop.node1, shop.node2);
     n.say(&format!(
         "node1: web {} (mesh), legacy {} (not in the mesh)\nnode2: api {} (mesh, STRICT, only web may call), catalog {} (mesh, PERMISSIVE), outsider {} (mesh, namespace partner)",
-        web.ip(), legacy.ip(), api.ip(), catalog.ip(), outsider.ip()
+        shop.web.ip(), shop.legacy.ip(), shop.api.ip(), shop.catalog.ip(), shop.outsider.ip()
     ));
     n.say(
         "Starting the control plane on node1 (Kubernetes-style YAML -> xDS, and the CA), then on\n\
          each node the node agent (capture rules + ZDS) and ztunnel (in-pod mode, configuration\n\
          over xDS, certificates from the control plane's CA)...",
     );
-    mesh.start_control_plane(n1, API_POLICY).await;
-    mesh.start().await;
-    let api_server = Server::serve(api.netns().listen(api.addr(PORT)), Behaviour::Echo);
-    let catalog_server = Server::serve(catalog.netns().listen(catalog.addr(PORT)), Behaviour::Echo);
+    shop.start().await;
+    let (web, legacy, api, catalog, outsider) = (
+        shop.web.clone(),
+        shop.legacy.clone(),
+        shop.api.clone(),
+        shop.catalog.clone(),
+        shop.outsider.clone(),
+    );
     let listening = web.netns().exec_output("ss", &["-Htln"]);
     n.check(
         listening.contains(":15001") && listening.contains(":15008"),
@@ -131,10 +82,10 @@ async fn story() -> usize {
     );
 
     n.say("\n1. web calls api with plain TCP, as it always did.");
-    let dir = mesh.world.dir().to_owned();
+    let dir = shop.mesh.world.dir().to_owned();
     let wire = Capture::start(
-        mesh.cluster.node(n1).netns(),
-        mesh.cluster.inter_node_iface(n1, n2),
+        shop.mesh.cluster.node(n1).netns(),
+        shop.mesh.cluster.inter_node_iface(n1, n2),
         &dir,
     )
     .await;
@@ -163,7 +114,7 @@ async fn story() -> usize {
         !recorded.contains(MARKER),
         "the order number never appeared in clear on the wire",
     );
-    let seen = api_server.peers();
+    let seen = shop.peers_of("api");
     n.check(
         seen.len() == 1 && seen[0].ip() == web.ip(),
         &format!("api saw the call come from web's own address {}", web.ip()),
@@ -172,10 +123,10 @@ async fn story() -> usize {
         "inbound connection complete",
         "spiffe://cluster.local/ns/storefront/sa/web",
     ];
-    mesh.ztunnel(n2).wait_for_lines(&verified, 1).await;
+    shop.mesh.ztunnel(n2).wait_for_lines(&verified, 1).await;
     n.check(
-        mesh.ztunnel(n2).count(&verified) == 1
-            && mesh
+        shop.mesh.ztunnel(n2).count(&verified) == 1
+            && shop.mesh
                 .control_plane()
                 .count(&["certificate issued", "sa/web", "caller=ztunnel-node1"])
                 == 1,
@@ -202,20 +153,21 @@ async fn story() -> usize {
         "catalog is PERMISSIVE: plaintext accepted (and counted, to show who still needs to move)",
     );
     n.check(
-        api_server.peers().len() == 1,
+        shop.peers_of("api").len() == 1,
         "api's application saw only web's call",
     );
     n.check(
-        catalog_server.peers().len() == 2,
+        shop.peers_of("catalog").len() == 2,
         "catalog's application saw outsider's and legacy's calls",
     );
 
     n.say("\n4. What ztunnel on node2 recorded:");
     // Each line is written as its connection closes, just after the client saw the end.
-    mesh.ztunnel(n2)
+    shop.mesh
+        .ztunnel(n2)
         .wait_for_line("inbound plaintext connection complete")
         .await;
-    let node2 = mesh.ztunnel(n2);
+    let node2 = shop.mesh.ztunnel(n2);
     node2
         .wait_for_lines(&["inbound connection complete"], 2)
         .await;
@@ -245,9 +197,12 @@ async fn story() -> usize {
         "2 served, 1 denied by policy, 1 plaintext accepted, 1 refused",
     );
 
+    n.say("\n5. What an operator sees (the commands of docs/runbooks/observability.md).");
+    operator_view(&mut n, &shop);
+
     n.say("\nTearing down: stopping processes, deleting namespaces.");
-    let names = mesh.cluster.netns_names();
-    drop(mesh);
+    let names = shop.mesh.cluster.netns_names();
+    drop(shop);
     let left = std::process::Command::new("ip")
         .args(["netns", "list"])
         .output()
@@ -258,4 +213,153 @@ async fn story() -> usize {
         &format!("{} namespaces removed", names.len()),
     );
     n.surprises
+}
+
+/// Runs `program` in `node`'s namespace, as an operator on that node would: `(succeeded, stdout)`.
+fn on_node(shop: &Storefront, node: NodeId, program: &str, args: &[String]) -> (bool, String) {
+    let netns = shop.mesh.cluster.node(node).netns().name().to_owned();
+    match Command::new("ip")
+        .args(["netns", "exec", &netns, program])
+        .args(args)
+        .output()
+    {
+        Ok(out) => (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ),
+        Err(err) => (false, format!("cannot run {program}: {err}")),
+    }
+}
+
+/// A sample line with only the labels a reader of step 5 needs (the others are `…`).
+fn elide_labels(line: &str) -> String {
+    const KEPT: [&str; 6] = [
+        "state",
+        "reporter",
+        "source_workload",
+        "destination_workload",
+        "response_flags",
+        "connection_security_policy",
+    ];
+    let (Some(open), Some(close)) = (line.find('{'), line.rfind('}')) else {
+        return line.to_owned();
+    };
+    let labels: Vec<&str> = line[open + 1..close]
+        .split("\",")
+        .filter(|pair| KEPT.iter().any(|k| pair.starts_with(&format!("{k}=\""))))
+        .collect();
+    let mut kept = labels.join("\",");
+    if !kept.is_empty() && !kept.ends_with('"') {
+        kept.push('"');
+    }
+    format!("{}{{{kept},…}}{}", &line[..open], &line[close + 1..])
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("     {l}\n")).collect()
+}
+
+/// Step 5: node2's `/metrics` and `/config_dump`, then both rollout reports over both nodes.
+fn operator_view(n: &mut Narrator, shop: &Storefront) {
+    let curl = |path: &str| {
+        on_node(
+            shop,
+            shop.node2,
+            "curl",
+            &[
+                "-sS".to_owned(),
+                "--max-time".to_owned(),
+                "5".to_owned(),
+                format!("http://localhost:{path}"),
+            ],
+        )
+    };
+    let (_, metrics) = curl("15020/metrics");
+    let excerpt: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            (l.starts_with("istio_tcp_connections_opened_total{reporter=\"destination\"")
+                && l.contains("destination_workload=\"catalog\""))
+                || l.starts_with("ztunnel_certificates{")
+        })
+        .collect();
+    let shown: Vec<String> = excerpt.iter().map(|l| elide_labels(l)).collect();
+    n.say(&format!(
+        "   curl localhost:15020/metrics (node2, excerpt; labels elided to the ones that matter here):\n{}",
+        indent(&shown.join("\n"))
+    ));
+    n.check(
+        excerpt.iter().any(|l| {
+            l.contains("connection_security_policy=\"none\"")
+                && l.contains("source_workload=\"legacy\"")
+        }),
+        "legacy's plaintext to catalog is counted with connection_security_policy=\"none\"",
+    );
+    let (_, dump) = curl("15000/config_dump");
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap_or_default();
+    let mut lines = Vec::new();
+    for w in dump["workloads"].as_array().into_iter().flatten() {
+        lines.push(format!(
+            "workload    {}/{} {} {}",
+            w["namespace"].as_str().unwrap_or("?"),
+            w["name"].as_str().unwrap_or("?"),
+            w["protocol"].as_str().unwrap_or("?"),
+            w["status"].as_str().unwrap_or("?")
+        ));
+    }
+    for p in dump["policies"].as_array().into_iter().flatten() {
+        lines.push(format!(
+            "policy      {}/{} {} {} dryRun={}",
+            p["namespace"].as_str().unwrap_or("?"),
+            p["name"].as_str().unwrap_or("?"),
+            p["action"].as_str().unwrap_or("?"),
+            p["scope"].as_str().unwrap_or("?"),
+            p["dryRun"]
+        ));
+    }
+    for c in dump["certificates"].as_array().into_iter().flatten() {
+        lines.push(format!(
+            "certificate {} {} expires {}",
+            c["identity"].as_str().unwrap_or("?"),
+            c["state"].as_str().unwrap_or("?"),
+            c["certChain"][0]["expirationTime"].as_str().unwrap_or("?")
+        ));
+    }
+    n.say(&format!(
+        "   curl localhost:15000/config_dump (node2, summarized):\n{}",
+        indent(&lines.join("\n"))
+    ));
+    n.check(
+        lines.iter().filter(|l| l.starts_with("workload")).count() == 5
+            && lines.iter().any(|l| l.contains("storefront/catalog-no-partner") && l.contains("dryRun=true"))
+            && lines.iter().filter(|l| l.starts_with("certificate") && l.contains("Available")).count() == 3,
+        "node2's ztunnel knows all 5 workloads, the dry-run policy, and holds certificates for its 3 pods",
+    );
+    let ztunnels: Vec<String> = [shop.node1, shop.node2]
+        .iter()
+        .map(|&node| format!("{}:15020", shop.mesh.cluster.node(node).gateway()))
+        .collect();
+    let controlplane = e2e::binary("controlplane").display().to_string();
+    for (kind, expect, fact) in [
+        (
+            "plaintext",
+            "legacy/legacy -> storefront/catalog (1)",
+            "the report names legacy -> catalog as what STRICT on storefront would break",
+        ),
+        (
+            "dry-run",
+            "storefront/catalog-no-partner",
+            "the dry-run report shows catalog-no-partner would have denied outsider's call",
+        ),
+    ] {
+        let mut args = vec!["report".to_owned(), kind.to_owned()];
+        args.extend(ztunnels.iter().cloned());
+        let (ok, out) = on_node(shop, shop.node2, &controlplane, &args);
+        n.say(&format!(
+            "   controlplane report {kind} {}:\n{}",
+            ztunnels.join(" "),
+            indent(&out)
+        ));
+        n.check(ok && out.contains(expect), fact);
+    }
 }
