@@ -31,6 +31,7 @@ use mesh::policy::{
     AllowSetOutcome, ConnectionAttrs, Decision, DenyReason, DryRunReport, Verdict, applicable,
     evaluate,
 };
+use prometheus_client::metrics::gauge::Gauge;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -40,7 +41,7 @@ use tracing::{info, warn};
 pub use error::ConnectionError;
 pub use scope::{EnrolledPod, Scope};
 
-use crate::metrics::{DryRunLabels, Metrics};
+use crate::metrics::{DryRunLabels, Metrics, ReporterLabel};
 use crate::state::{Directory, Snapshot, Workload};
 
 /// Longest a connect to an application or plain-TCP destination may take (upstream's value).
@@ -311,26 +312,46 @@ impl Proxy {
             inbound_plaintext,
             inbound,
         } = self;
-        let outbound = accept_loop(outbound, &shutdown, &tracker, &force, |tcp, peer| {
-            let (inputs, scope) = (Arc::clone(&inputs), scope.clone());
-            async move { outbound::handle(&inputs, &scope, tcp, peer).await }
-        });
+        let sockets = |reporter| {
+            let label = ReporterLabel { reporter };
+            inputs.metrics.sockets_open.get_or_create(&label).clone()
+        };
+        let (source, destination) = (sockets("source"), sockets("destination"));
+        let outbound = accept_loop(
+            outbound,
+            &shutdown,
+            &tracker,
+            &force,
+            source,
+            |tcp, peer| {
+                let (inputs, scope) = (Arc::clone(&inputs), scope.clone());
+                async move { outbound::handle(&inputs, &scope, tcp, peer).await }
+            },
+        );
         let plaintext = accept_loop(
             inbound_plaintext,
             &shutdown,
             &tracker,
             &force,
+            destination.clone(),
             |tcp, peer| inbound_plaintext::handle(Arc::clone(&inputs), scope.clone(), tcp, peer),
         );
-        let hbone = accept_loop(inbound, &shutdown, &tracker, &force, |tcp, peer| {
-            inbound::handle(
-                Arc::clone(&inputs),
-                scope.clone(),
-                tcp,
-                peer,
-                shutdown.clone(),
-            )
-        });
+        let hbone = accept_loop(
+            inbound,
+            &shutdown,
+            &tracker,
+            &force,
+            destination,
+            |tcp, peer| {
+                inbound::handle(
+                    Arc::clone(&inputs),
+                    scope.clone(),
+                    tcp,
+                    peer,
+                    shutdown.clone(),
+                )
+            },
+        );
         tokio::join!(outbound, plaintext, hbone);
         tracker.close();
         let pod = scope
@@ -355,12 +376,30 @@ impl Proxy {
     }
 }
 
+/// One accepted socket, counted in `istio_tcp_sockets_open` for as long as its task lives (on
+/// 15008 that is the TLS connection, whatever number of tunnels it carries).
+struct OpenSocket(Gauge);
+
+impl OpenSocket {
+    fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Accepts until `shutdown`, then drops the listener so the kernel refuses new connections.
 async fn accept_loop<H, Fut>(
     listener: TcpListener,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
     force: &CancellationToken,
+    open_sockets: Gauge,
     mut handler: H,
 ) where
     H: FnMut(TcpStream, SocketAddr) -> Fut,
@@ -374,9 +413,11 @@ async fn accept_loop<H, Fut>(
         match accepted {
             Ok((tcp, peer)) => {
                 let _ = tcp.set_nodelay(true);
+                let open = OpenSocket::new(&open_sockets);
                 let connection = handler(tcp, socket::unmapped(peer));
                 let force = force.clone();
                 tracker.spawn(async move {
+                    let _open = open;
                     tokio::select! {
                         () = connection => {}
                         () = force.cancelled() => {}
