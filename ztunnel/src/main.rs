@@ -194,11 +194,10 @@ fn config_dump(config: &Config, directory: &Arc<Directory>, certs: &CertStore) -
         "readinessAddr": config.readiness_addr.to_string(),
     });
     Box::new(move || {
-        let snapshot = directory.load();
-        serde_json::json!({
-            "workloads": snapshot.workloads().map(|w| w.uid.clone()).collect::<Vec<_>>(),
-            "config": settings.clone(),
-            "certificates": certs.states().len(),
+        admin::config_dump::document(&admin::config_dump::Sources {
+            snapshot: &directory.load(),
+            certificates: &certs.states(),
+            config: &settings,
         })
     })
 }

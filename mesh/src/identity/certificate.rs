@@ -99,6 +99,31 @@ pub fn parse_leaf(der: &[u8]) -> Result<LeafInfo, CertificateError> {
     })
 }
 
+/// What an operator reads about any certificate of a chain (leaf, intermediate or root).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSummary {
+    /// Serial number as unsigned big-endian bytes (leading zero bytes removed).
+    pub serial: Vec<u8>,
+    /// Start of validity.
+    pub not_before: SystemTime,
+    /// End of validity.
+    pub not_after: SystemTime,
+}
+
+/// Serial and validity of a DER certificate, whatever its role.
+pub fn summarize(der: &[u8]) -> Result<CertSummary, CertificateError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| CertificateError::Malformed(e.to_string()))?;
+    let raw = cert.raw_serial();
+    let first = raw.iter().position(|b| *b != 0).unwrap_or(raw.len());
+    let validity = cert.validity();
+    Ok(CertSummary {
+        serial: raw[first..].to_vec(),
+        not_before: system_time(validity.not_before.timestamp()),
+        not_after: system_time(validity.not_after.timestamp()),
+    })
+}
+
 fn spiffe_id_of(cert: &X509Certificate<'_>) -> Result<SpiffeId, CertificateError> {
     let san = cert
         .subject_alternative_name()

@@ -10,7 +10,8 @@ mod store;
 mod store_metrics;
 
 pub use certificate::{
-    CertificateError, LeafInfo, WorkloadCertificate, certs_from_pem, parse_leaf,
+    CertSummary, CertificateError, LeafInfo, WorkloadCertificate, certs_from_pem, parse_leaf,
+    summarize,
 };
 pub use csr::{CertificateRequest, CsrError, create_csr};
 pub use istio_ca::{

@@ -3,6 +3,7 @@
 //! admin API on loopback `:15000` (`/config_dump`, `/logging`, `/quitquitquit`). They run on
 //! the control runtime, so a slow scrape never takes a data-plane thread.
 
+pub mod config_dump;
 pub mod readiness;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

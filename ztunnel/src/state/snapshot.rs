@@ -100,6 +100,16 @@ impl Snapshot {
         self.endpoints.get(key).map_or(&[], Vec::as_slice)
     }
 
+    /// Endpoints listing a service this snapshot does not hold (yet), by service key.
+    pub fn staged_endpoints(
+        &self,
+    ) -> impl Iterator<Item = (&NamespacedHostname, &[Arc<Workload>])> {
+        self.endpoints
+            .iter()
+            .filter(|(key, _)| !self.services.contains_key(*key))
+            .map(|(key, workloads)| (key, workloads.as_slice()))
+    }
+
     /// All workloads, by uid.
     pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
         self.workloads.values()

@@ -1,0 +1,561 @@
+//! `/config_dump` in upstream's JSON shape (telemetry.md §c.3), so `istioctl ztunnel-config
+//! workloads|services|policies|certificates` reads this proxy unchanged.
+//!
+//! istioctl decodes with Go's `encoding/json`: unknown keys are ignored, but a known key with
+//! another type is a hard error. The types here are therefore the contract: IPs and gateway
+//! destinations are strings, ports are numbers keyed by numeric strings, rules are nested
+//! arrays. Optional keys are left out when empty, as upstream does. This module only turns the
+//! state into the document; it does no I/O.
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use mesh::identity::{CertState, SpiffeId, summarize};
+use mesh::policy::{Action, Authorization, Match, Scope, ServiceAccountMatch, StringMatch};
+use rustls_pki_types::CertificateDer;
+use serde::Serialize;
+
+use crate::state::{
+    HealthPolicy, HealthStatus, LoadBalancerMode, LocalityScope, Service, Snapshot, TunnelProtocol,
+    Workload,
+};
+
+/// What the document is built from, read at the moment of the request.
+pub struct Sources<'a> {
+    /// The node's current state.
+    pub snapshot: &'a Snapshot,
+    /// Every identity the certificate store holds, sorted by identity.
+    pub certificates: &'a [(SpiffeId, CertState)],
+    /// The runtime configuration (camelCase keys; istioctl does not read it).
+    pub config: &'a serde_json::Value,
+}
+
+/// The whole document.
+pub fn document(sources: &Sources<'_>) -> serde_json::Value {
+    let snapshot = sources.snapshot;
+    let mut policies: Vec<&Authorization> = snapshot.policies().iter().collect();
+    policies.sort_by_key(|p| (p.namespace.as_str(), p.name.as_str()));
+    let dump = Dump {
+        workloads: snapshot.workloads().map(|w| workload(w)).collect(),
+        services: services(snapshot),
+        policies: policies.into_iter().map(policy).collect(),
+        staged_services: staged(snapshot),
+        static_config: StaticConfig::default(),
+        version: Version::current(),
+        config: sources.config,
+        certificates: sources
+            .certificates
+            .iter()
+            .map(|(id, state)| certificates(id, state))
+            .collect(),
+    };
+    // Serializing plain structs of strings, numbers and maps cannot fail; should it ever, the
+    // operator still gets a document saying so instead of an empty reply.
+    serde_json::to_value(&dump).unwrap_or_else(
+        |e| serde_json::json!({"error": format!("config_dump could not be encoded: {e}")}),
+    )
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Dump<'a> {
+    workloads: Vec<WorkloadDump<'a>>,
+    services: Vec<ServiceDump<'a>>,
+    policies: Vec<PolicyDump<'a>>,
+    staged_services: BTreeMap<String, BTreeMap<&'a str, EndpointDump<'a>>>,
+    static_config: StaticConfig,
+    version: Version,
+    config: &'a serde_json::Value,
+    certificates: Vec<CertsDump>,
+}
+
+/// Upstream fills this from a local config file; ours folds such a file into the state above.
+#[derive(Serialize, Default)]
+struct StaticConfig {
+    workloads: [(); 0],
+    policies: [(); 0],
+    services: [(); 0],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Version {
+    version: &'static str,
+    git_revision: &'static str,
+    rust_version: &'static str,
+    build_profile: &'static str,
+    build_status: &'static str,
+    istio_version: String,
+    crypto_provider: &'static str,
+}
+
+impl Version {
+    fn current() -> Self {
+        Self {
+            version: env!("CARGO_PKG_VERSION"),
+            git_revision: option_env!("GIT_REVISION").unwrap_or("unknown"),
+            rust_version: option_env!("RUSTC_VERSION").unwrap_or("unknown"),
+            build_profile: if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+            build_status: option_env!("BUILD_STATUS").unwrap_or("unknown"),
+            // The Istio release this build stands in for, as istio_build's tag says.
+            istio_version: std::env::var("ISTIO_META_ISTIO_VERSION")
+                .unwrap_or_else(|_| "unknown".to_owned()),
+            crypto_provider: "tls-aws-lc",
+        }
+    }
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WorkloadDump<'a> {
+    workload_ips: Vec<String>,
+    protocol: &'static str,
+    network_mode: &'static str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    uid: &'a str,
+    name: &'a str,
+    namespace: &'a str,
+    trust_domain: String,
+    service_account: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    network: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    workload_name: &'a str,
+    workload_type: &'static str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    canonical_name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    canonical_revision: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    hostname: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    node: &'a str,
+    #[serde(skip_serializing_if = "is_false")]
+    native_tunnel: bool,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    authorization_policies: &'a [String],
+    status: &'static str,
+    cluster_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    locality: Option<LocalityDump<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    services: Vec<String>,
+    capacity: u32,
+}
+
+#[derive(Serialize)]
+struct LocalityDump<'a> {
+    region: &'a str,
+    zone: &'a str,
+    subzone: &'a str,
+}
+
+fn status(status: HealthStatus) -> &'static str {
+    match status {
+        HealthStatus::Healthy => "Healthy",
+        HealthStatus::Unhealthy => "Unhealthy",
+    }
+}
+
+fn workload(w: &Workload) -> WorkloadDump<'_> {
+    let locality = &w.locality;
+    let has_locality =
+        !(locality.region.is_empty() && locality.zone.is_empty() && locality.subzone.is_empty());
+    WorkloadDump {
+        workload_ips: w.ips.iter().map(ToString::to_string).collect(),
+        protocol: match w.protocol {
+            TunnelProtocol::Tcp => "TCP",
+            TunnelProtocol::Hbone => "HBONE",
+        },
+        network_mode: "Standard",
+        uid: &w.uid,
+        name: &w.name,
+        namespace: w.namespace(),
+        trust_domain: w.trust_domain().to_string(),
+        service_account: w.service_account(),
+        network: &w.network,
+        workload_name: &w.workload_name,
+        workload_type: w.workload_type.as_str(),
+        canonical_name: &w.canonical_name,
+        canonical_revision: &w.canonical_revision,
+        hostname: &w.hostname,
+        node: &w.node,
+        native_tunnel: w.native_tunnel,
+        authorization_policies: &w.authorization_policies,
+        status: status(w.status),
+        cluster_id: &w.cluster_id,
+        locality: has_locality.then_some(LocalityDump {
+            region: &locality.region,
+            zone: &locality.zone,
+            subzone: &locality.subzone,
+        }),
+        services: w.services.keys().map(ToString::to_string).collect(),
+        capacity: 1,
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ServiceDump<'a> {
+    name: &'a str,
+    namespace: &'a str,
+    hostname: &'a str,
+    vips: Vec<String>,
+    ports: BTreeMap<String, u16>,
+    endpoints: BTreeMap<&'a str, EndpointDump<'a>>,
+    subject_alt_names: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    load_balancer: Option<LoadBalancerDump>,
+    canonical: bool,
+    visibility: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EndpointDump<'a> {
+    workload_uid: &'a str,
+    port: BTreeMap<String, u16>,
+    status: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LoadBalancerDump {
+    routing_preferences: Vec<&'static str>,
+    mode: &'static str,
+    health_policy: &'static str,
+}
+
+fn services(snapshot: &Snapshot) -> Vec<ServiceDump<'_>> {
+    let mut all: Vec<ServiceDump<'_>> = snapshot
+        .services()
+        .map(|s| service(s, endpoints(snapshot, s)))
+        .collect();
+    all.sort_by(|a, b| (a.hostname, a.namespace).cmp(&(b.hostname, b.namespace)));
+    all
+}
+
+fn endpoints<'a>(snapshot: &'a Snapshot, s: &Service) -> BTreeMap<&'a str, EndpointDump<'a>> {
+    let key = s.key();
+    snapshot
+        .endpoints(&key)
+        .iter()
+        .map(|w| (w.uid.as_str(), endpoint(w, w.services.get(&key))))
+        .collect()
+}
+
+fn endpoint<'a>(w: &'a Workload, ports: Option<&crate::state::PortMap>) -> EndpointDump<'a> {
+    EndpointDump {
+        workload_uid: &w.uid,
+        port: ports.map(port_map).unwrap_or_default(),
+        status: status(w.status),
+    }
+}
+
+fn port_map(ports: &crate::state::PortMap) -> BTreeMap<String, u16> {
+    ports.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+fn service<'a>(s: &'a Service, endpoints: BTreeMap<&'a str, EndpointDump<'a>>) -> ServiceDump<'a> {
+    let lb = &s.load_balancing;
+    let default_lb = lb.mode == LoadBalancerMode::Standard
+        && lb.routing_preferences.is_empty()
+        && lb.health_policy == HealthPolicy::OnlyHealthy;
+    ServiceDump {
+        name: &s.name,
+        namespace: &s.namespace,
+        hostname: &s.hostname,
+        vips: s.vips.iter().map(ToString::to_string).collect(),
+        ports: port_map(&s.ports),
+        endpoints,
+        subject_alt_names: s
+            .subject_alt_names
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        load_balancer: (!default_lb).then(|| LoadBalancerDump {
+            routing_preferences: lb
+                .routing_preferences
+                .iter()
+                .map(|p| scope_name(*p))
+                .collect(),
+            mode: match lb.mode {
+                LoadBalancerMode::Standard => "Standard",
+                LoadBalancerMode::Strict => "Strict",
+                LoadBalancerMode::Failover => "Failover",
+                LoadBalancerMode::Passthrough => "Passthrough",
+            },
+            health_policy: match lb.health_policy {
+                HealthPolicy::OnlyHealthy => "OnlyHealthy",
+                HealthPolicy::AllowAll => "AllowAll",
+            },
+        }),
+        canonical: s.canonical,
+        // Namespace-local visibility is not modelled: every service is reachable mesh-wide.
+        visibility: "Public",
+    }
+}
+
+fn scope_name(scope: LocalityScope) -> &'static str {
+    match scope {
+        LocalityScope::Region => "Region",
+        LocalityScope::Zone => "Zone",
+        LocalityScope::Subzone => "Subzone",
+        LocalityScope::Node => "Node",
+        LocalityScope::Cluster => "Cluster",
+        LocalityScope::Network => "Network",
+    }
+}
+
+/// Endpoints received before their service, keyed `"<ns>/<hostname>"` then by workload uid.
+fn staged(snapshot: &Snapshot) -> BTreeMap<String, BTreeMap<&str, EndpointDump<'_>>> {
+    snapshot
+        .staged_endpoints()
+        .map(|(key, workloads)| {
+            let endpoints = workloads
+                .iter()
+                .map(|w| (w.uid.as_str(), endpoint(w, w.services.get(key))))
+                .collect();
+            (key.to_string(), endpoints)
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PolicyDump<'a> {
+    name: &'a str,
+    namespace: &'a str,
+    scope: &'static str,
+    action: &'static str,
+    rules: Vec<Vec<Vec<MatchDump<'a>>>>,
+    dry_run: bool,
+}
+
+/// A single-key object, as upstream's serde enum encodes it: `{"Exact": "..."}`, and
+/// `{"Presence": []}` for "any value".
+#[derive(Serialize)]
+enum StringMatchDump<'a> {
+    Exact(&'a str),
+    Prefix(&'a str),
+    Suffix(&'a str),
+    Presence([(); 0]),
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ServiceAccountDump<'a> {
+    namespace: &'a str,
+    service_account: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MatchDump<'a> {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    namespaces: Vec<StringMatchDump<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    not_namespaces: Vec<StringMatchDump<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    principals: Vec<StringMatchDump<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    not_principals: Vec<StringMatchDump<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    service_accounts: Vec<ServiceAccountDump<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    not_service_accounts: Vec<ServiceAccountDump<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    source_ips: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    not_source_ips: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    destination_ips: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    not_destination_ips: Vec<String>,
+    #[serde(skip_serializing_if = "<[u16]>::is_empty")]
+    destination_ports: &'a [u16],
+    #[serde(skip_serializing_if = "<[u16]>::is_empty")]
+    not_destination_ports: &'a [u16],
+}
+
+fn strings(matches: &[StringMatch]) -> Vec<StringMatchDump<'_>> {
+    matches
+        .iter()
+        .map(|m| match m {
+            StringMatch::Exact(v) => StringMatchDump::Exact(v),
+            StringMatch::Prefix(v) => StringMatchDump::Prefix(v),
+            StringMatch::Suffix(v) => StringMatchDump::Suffix(v),
+            StringMatch::Presence => StringMatchDump::Presence([]),
+        })
+        .collect()
+}
+
+fn accounts(matches: &[ServiceAccountMatch]) -> Vec<ServiceAccountDump<'_>> {
+    matches
+        .iter()
+        .map(|m| ServiceAccountDump {
+            namespace: &m.namespace,
+            service_account: &m.service_account,
+        })
+        .collect()
+}
+
+fn nets<T: ToString>(nets: &[T]) -> Vec<String> {
+    nets.iter().map(ToString::to_string).collect()
+}
+
+fn matcher(m: &Match) -> MatchDump<'_> {
+    MatchDump {
+        namespaces: strings(&m.namespaces),
+        not_namespaces: strings(&m.not_namespaces),
+        principals: strings(&m.principals),
+        not_principals: strings(&m.not_principals),
+        service_accounts: accounts(&m.service_accounts),
+        not_service_accounts: accounts(&m.not_service_accounts),
+        source_ips: nets(&m.source_ips),
+        not_source_ips: nets(&m.not_source_ips),
+        destination_ips: nets(&m.destination_ips),
+        not_destination_ips: nets(&m.not_destination_ips),
+        destination_ports: &m.destination_ports,
+        not_destination_ports: &m.not_destination_ports,
+    }
+}
+
+fn policy(p: &Authorization) -> PolicyDump<'_> {
+    PolicyDump {
+        name: &p.name,
+        namespace: &p.namespace,
+        scope: match p.scope {
+            Scope::Global => "Global",
+            Scope::Namespace => "Namespace",
+            Scope::WorkloadSelector => "WorkloadSelector",
+        },
+        action: match p.action {
+            Action::Allow => "Allow",
+            Action::Deny => "Deny",
+        },
+        rules: p
+            .rules
+            .iter()
+            .map(|rule| {
+                rule.clauses
+                    .iter()
+                    .map(|clause| clause.matches.iter().map(matcher).collect())
+                    .collect()
+            })
+            .collect(),
+        dry_run: p.dry_run,
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CertsDump {
+    identity: String,
+    state: String,
+    cert_chain: Vec<CertDump>,
+    root_certs: Vec<CertDump>,
+}
+
+#[derive(Serialize, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+struct CertDump {
+    pem: String,
+    serial_number: String,
+    valid_from: String,
+    expiration_time: String,
+}
+
+fn certificates(identity: &SpiffeId, state: &CertState) -> CertsDump {
+    let (state, chain, roots) = match state {
+        CertState::Initializing => ("Initializing".to_owned(), Vec::new(), Vec::new()),
+        CertState::Unavailable(cause) => (format!("Unavailable: {cause}"), Vec::new(), Vec::new()),
+        CertState::Available { cert, .. } => (
+            "Available".to_owned(),
+            cert.chain().iter().filter_map(cert_dump).collect(),
+            cert.roots().iter().filter_map(cert_dump).collect(),
+        ),
+    };
+    CertsDump {
+        identity: identity.to_string(),
+        state,
+        cert_chain: chain,
+        root_certs: roots,
+    }
+}
+
+/// One certificate as istioctl reads it; `None` only for DER the store could not have accepted.
+fn cert_dump(der: &CertificateDer<'_>) -> Option<CertDump> {
+    let summary = summarize(der).ok()?;
+    let pem = pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()));
+    Some(CertDump {
+        pem: base64::engine::general_purpose::STANDARD.encode(pem),
+        serial_number: decimal(&summary.serial),
+        valid_from: rfc3339(summary.not_before),
+        expiration_time: rfc3339(summary.not_after),
+    })
+}
+
+/// A big-endian unsigned integer in base 10 (istioctl parses the serial as decimal).
+fn decimal(big_endian: &[u8]) -> String {
+    let mut number = big_endian.to_vec();
+    let mut digits = Vec::new();
+    while number.iter().any(|b| *b != 0) {
+        let mut remainder = 0_u32;
+        for byte in &mut number {
+            let value = (remainder << 8) | u32::from(*byte);
+            *byte = u8::try_from(value / 10).unwrap_or(u8::MAX);
+            remainder = value % 10;
+        }
+        digits.push(char::from(b'0' + u8::try_from(remainder).unwrap_or(0)));
+    }
+    if digits.is_empty() {
+        return "0".to_owned();
+    }
+    digits.iter().rev().collect()
+}
+
+/// RFC 3339 in UTC with whole seconds, e.g. `2024-05-01T10:00:00Z`.
+fn rfc3339(at: SystemTime) -> String {
+    let seconds = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, time) = (seconds / 86_400, seconds % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        time / 3600,
+        time / 60 % 60,
+        time % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar, by
+/// counting 400-year eras of 146 097 days from 0000-03-01 (so leap days fall at era ends).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
