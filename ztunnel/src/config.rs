@@ -7,6 +7,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use mesh::hbone::pool::PoolSettings;
+use mesh::hbone::{
+    DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_FRAME_SIZE, DEFAULT_STREAM_WINDOW, H2Settings,
+};
 
 use crate::agent::AgentConfig;
 
@@ -230,6 +234,30 @@ pub struct Config {
     #[arg(long, default_value = "[::]:15021")]
     pub readiness_addr: SocketAddr,
 
+    /// HTTP/2 receive window per HBONE stream, in bytes (both directions of every tunnel).
+    #[arg(long, env = "HTTP2_STREAM_WINDOW_SIZE", default_value_t = DEFAULT_STREAM_WINDOW,
+        value_parser = clap::value_parser!(u32).range(65_535..=MAX_WINDOW))]
+    pub http2_stream_window_size: u32,
+
+    /// HTTP/2 receive window per HBONE connection, in bytes (shared by its streams).
+    #[arg(long, env = "HTTP2_CONNECTION_WINDOW_SIZE", default_value_t = DEFAULT_CONNECTION_WINDOW,
+        value_parser = clap::value_parser!(u32).range(65_535..=MAX_WINDOW))]
+    pub http2_connection_window_size: u32,
+
+    /// Largest HTTP/2 DATA frame accepted, in bytes (HTTP/2 allows 16 KiB to 16 MiB - 1).
+    #[arg(long, env = "HTTP2_FRAME_SIZE", default_value_t = DEFAULT_MAX_FRAME_SIZE,
+        value_parser = clap::value_parser!(u32).range(16_384..=16_777_215))]
+    pub http2_frame_size: u32,
+
+    /// Tunnels one pooled HBONE connection carries at once before another one is opened.
+    #[arg(long, env = "POOL_MAX_STREAMS_PER_CONNECTION", default_value_t = 100,
+        value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub pool_max_streams_per_connection: u32,
+
+    /// A pooled HBONE connection unused for this long is closed.
+    #[arg(long, env = "POOL_UNUSED_RELEASE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub pool_unused_release_timeout: Duration,
+
     /// Worker threads of the data-plane runtime.
     #[arg(long, env = "ZTUNNEL_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
@@ -240,6 +268,36 @@ pub struct Config {
 }
 
 pub use mesh::config::parse_duration;
+
+/// HTTP/2's largest flow-control window (RFC 9113 §6.9.1).
+const MAX_WINDOW: i64 = 2_147_483_647;
+
+impl Config {
+    /// `base` with this configuration's windows and frame size.
+    pub fn h2(&self, base: H2Settings) -> H2Settings {
+        H2Settings {
+            stream_window: self.http2_stream_window_size,
+            connection_window: self.http2_connection_window_size,
+            max_frame_size: self.http2_frame_size,
+            ..base
+        }
+    }
+
+    /// The outbound connection pool's settings.
+    pub fn pool(&self) -> PoolSettings {
+        let client = H2Settings::client();
+        PoolSettings {
+            max_streams_per_connection: self.pool_max_streams_per_connection as usize,
+            idle_timeout: self.pool_unused_release_timeout,
+            // The send buffer follows the stream window, as in the defaults.
+            h2: H2Settings {
+                max_send_buffer: self.http2_stream_window_size as usize,
+                ..self.h2(client)
+            },
+            ..PoolSettings::default()
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -279,6 +337,48 @@ mod tests {
             missing_key.is_err(),
             "--ca-cert without --ca-key must be refused"
         );
+    }
+
+    #[test]
+    fn pool_and_window_knobs_default_to_upstream_and_are_bounded() {
+        let base = ["ztunnel", "--local-xds-path", "x", "--node-name", "n"];
+        let config = Config::try_parse_from(base).unwrap();
+        let pool = config.pool();
+        assert_eq!(pool.max_streams_per_connection, 100);
+        assert_eq!(pool.idle_timeout, Duration::from_secs(300));
+        assert_eq!(pool.h2, H2Settings::client());
+        assert_eq!(config.h2(H2Settings::server()), H2Settings::server());
+
+        let tuned = Config::try_parse_from(base.into_iter().chain([
+            "--http2-stream-window-size",
+            "1048576",
+            "--pool-max-streams-per-connection",
+            "10",
+            "--pool-unused-release-timeout",
+            "30s",
+        ]))
+        .unwrap();
+        let pool = tuned.pool();
+        assert_eq!(
+            (pool.h2.stream_window, pool.h2.max_send_buffer),
+            (1 << 20, 1 << 20)
+        );
+        assert_eq!(pool.max_streams_per_connection, 10);
+        assert_eq!(pool.idle_timeout, Duration::from_secs(30));
+        assert_eq!(tuned.h2(H2Settings::server()).stream_window, 1 << 20);
+
+        for (flag, value) in [
+            ("--http2-frame-size", "1000"),
+            ("--http2-stream-window-size", "3000000000"),
+            ("--pool-max-streams-per-connection", "0"),
+        ] {
+            let refused = Config::try_parse_from(base.into_iter().chain([flag, value]));
+            let err = refused.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                err.contains(value),
+                "{flag} {value} must be refused, naming it: {err:?}"
+            );
+        }
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use mesh::hbone::pool::{Pool, PoolSettings};
+use mesh::hbone::H2Settings;
+use mesh::hbone::pool::Pool;
 use mesh::identity::{
     CaLimits, CertStore, CertStoreCollector, CertificateProvider, IstioCaClient, IstioCaSettings,
     LocalCa, RefreshPolicy, Token, certs_from_pem,
@@ -159,17 +160,20 @@ async fn run(
         certs.prefetch(&workload.identity());
     }
 
-    let pool = Pool::new(PoolSettings::default(), certs.clone());
+    let pool = Pool::new(config.pool(), certs.clone());
     pool.spawn_reaper(shutdown.clone());
-    let inputs = Arc::new(Inputs::new(
-        Arc::clone(&directory),
-        certs,
-        pool,
-        config.network.clone(),
-        config.node_name.clone(),
-        config.cluster_id.clone(),
-        metrics,
-    ));
+    let inputs = Arc::new(
+        Inputs::new(
+            Arc::clone(&directory),
+            certs,
+            pool,
+            config.network.clone(),
+            config.node_name.clone(),
+            config.cluster_id.clone(),
+            metrics,
+        )
+        .with_inbound_h2(config.h2(H2Settings::server())),
+    );
     match host {
         Some(host) => serve_in_pod(&config, inputs, host, control, shutdown, &readiness).await,
         None => serve_dedicated(&config, inputs, shutdown, &readiness).await,

@@ -7,8 +7,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use mesh::hbone::Authority;
 use mesh::hbone::server::{IncomingTunnel, serve_connection};
-use mesh::hbone::{Authority, H2Settings};
 use mesh::identity::SpiffeId;
 use mesh::policy::ConnectionAttrs;
 use mesh::tls::{self, TrustBundles};
@@ -56,7 +56,7 @@ pub(super) async fn handle(
         local: local.ip(),
         client_id,
     });
-    let served = serve_connection(tls, H2Settings::server(), drain, move |tunnel| {
+    let served = serve_connection(tls, inputs.inbound_h2, drain, move |tunnel| {
         let context = Arc::clone(&context);
         async move { context.serve_tunnel(tunnel).await }
     })

@@ -25,6 +25,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::time::Duration;
 
+use mesh::hbone::H2Settings;
 use mesh::hbone::pool::Pool;
 use mesh::identity::{CertStore, SpiffeId};
 use mesh::policy::{
@@ -63,6 +64,8 @@ pub struct Inputs {
     pub cluster_id: String,
     /// Where connections are counted.
     pub metrics: Arc<Metrics>,
+    /// HTTP/2 settings of accepted HBONE connections (15008).
+    pub inbound_h2: H2Settings,
     server_configs: Mutex<HashMap<SpiffeId, (String, Arc<ServerConfig>)>>,
     /// Open inbound connections, re-checked on every policy change.
     tracked: tracked::Tracked,
@@ -89,10 +92,17 @@ impl Inputs {
             node,
             cluster_id,
             metrics,
+            inbound_h2: H2Settings::server(),
             server_configs: Mutex::new(HashMap::new()),
             tracked: tracked::Tracked::new(),
             recheck_started: Once::new(),
         }
+    }
+
+    /// The same inputs, accepting HBONE with `settings` instead of the defaults.
+    pub fn with_inbound_h2(mut self, settings: H2Settings) -> Self {
+        self.inbound_h2 = settings;
+        self
     }
 
     /// Starts, on the current runtime and only the first time, the task that closes open
