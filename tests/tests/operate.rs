@@ -198,7 +198,7 @@ fn order_script(shop: &Storefront) -> String {
     script.push_str("  *) echo \"order: unknown pod '${2:-}'\" >&2; exit 64 ;;\nesac\n");
     writeln!(
         script,
-        "exec ip netns exec \"$from\" timeout 10 bash -c 'exec 3<>/dev/tcp/'\"$to\"'/{PORT} || exit 1; printf order >&3; IFS= read -r -t 5 -N 5 reply <&3 && [ \"$reply\" = order ]'"
+        "exec ip netns exec \"$from\" timeout 10 bash -c 'exec 3<>/dev/tcp/'\"$to\"'/{PORT} || exit 1; printf order >&3; IFS= read -r -t 5 -N 5 reply <&3 2>/dev/null && [ \"$reply\" = order ]' 2>/dev/null"
     )
     .unwrap();
     script
@@ -241,8 +241,6 @@ fn runbook_demo_blocks_run_against_the_storefront() {
         let node2 = shop.node2;
         let netns = shop.mesh.cluster.node(node2).netns().name().to_owned();
         for block in &blocks {
-            let lines = shop.mesh.ztunnel(node2).lines().join("\n");
-            std::fs::write(&log, lines + "\n").unwrap();
             let run = Command::new("ip")
                 .args(["netns", "exec", &netns, "bash", "-euo", "pipefail", "-c"])
                 .arg(&block.script)
@@ -254,15 +252,30 @@ fn runbook_demo_blocks_run_against_the_storefront() {
                 .kill_on_drop(true)
                 .output();
             let where_ = format!("docs/runbooks/{}:{}", block.file, block.line);
-            let output = tokio::time::timeout(BLOCK_WAIT, run)
-                .await
-                .unwrap_or_else(|_| {
-                    panic!(
-                        "{where_}: did not finish in {BLOCK_WAIT:?}:\n{}",
-                        block.script
-                    )
-                })
-                .unwrap();
+            // The log file follows the process while the block runs, as `kubectl logs -f` would.
+            let follow_log = async {
+                loop {
+                    let lines = shop.mesh.ztunnel(node2).lines().join("\n");
+                    let staging = log.with_extension("new");
+                    std::fs::write(&staging, lines + "\n").unwrap();
+                    std::fs::rename(&staging, &log).unwrap();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            };
+            let output = tokio::time::timeout(BLOCK_WAIT, async {
+                tokio::select! {
+                    output = run => output,
+                    () = follow_log => unreachable!("following the log never ends"),
+                }
+            })
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{where_}: did not finish in {BLOCK_WAIT:?}:\n{}",
+                    block.script
+                )
+            })
+            .unwrap();
             assert!(
                 output.status.success(),
                 "{where_}: failed ({}):\n{}\n--- stdout\n{}\n--- stderr\n{}",

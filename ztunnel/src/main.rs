@@ -183,6 +183,7 @@ async fn run(
 /// The `/config_dump` document, built from the state at each request.
 fn config_dump(config: &Config, directory: &Arc<Directory>, certs: &CertStore) -> ConfigDump {
     let (directory, certs) = (Arc::clone(directory), certs.clone());
+    let duration = |d| mesh::config::format_duration(d);
     let settings = serde_json::json!({
         "proxyMode": format!("{:?}", config.proxy_mode),
         "nodeName": config.node_name,
@@ -190,9 +191,14 @@ fn config_dump(config: &Config, directory: &Arc<Directory>, certs: &CertStore) -
         "clusterId": config.cluster_id,
         "xdsAddress": config.xds_address,
         "caAddress": config.ca_address,
-        "secretTtl": format!("{:?}", config.secret_ttl),
-        "drainTimeout": format!("{:?}", config.drain_timeout),
+        "secretTtl": duration(config.secret_ttl),
+        "drainTimeout": duration(config.drain_timeout),
         "workerThreads": config.worker_threads,
+        "http2StreamWindowSize": config.http2_stream_window_size,
+        "http2ConnectionWindowSize": config.http2_connection_window_size,
+        "http2FrameSize": config.http2_frame_size,
+        "poolMaxStreamsPerConnection": config.pool_max_streams_per_connection,
+        "poolUnusedReleaseTimeout": duration(config.pool_unused_release_timeout),
         "adminAddr": config.admin_addr.to_string(),
         "statsAddr": config.stats_addr.to_string(),
         "readinessAddr": config.readiness_addr.to_string(),
