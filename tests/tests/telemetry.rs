@@ -1,7 +1,8 @@
 //! What operators see of a running ztunnel (dedicated mode, one private network namespace):
 //! readiness on 15021, upstream's `istio_tcp_*` series on 15020 with the bytes that really
 //! crossed, `connection_security_policy="none"` for plaintext accepted under PERMISSIVE, the
-//! dry-run counter, one access-log record per connection, and the admin port's `/logging`.
+//! dry-run counter, open sockets, one access-log record per connection, and the admin port's
+//! `/logging` and `/config_dump` (in the shape istioctl reads).
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -251,6 +252,135 @@ fn metrics_access_log_readiness_and_admin_tell_what_crossed() {
         let (status, body) = http(15000, "GET", "/config_dump").await;
         assert_eq!(status, 200);
         let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert!(dump["workloads"].is_array(), "{dump}");
+        config_dump_is_what_istioctl_reads(&dump);
+
+        // Sockets are counted while they are open: 15001 at the source, and back to 0 after.
+        let source = [("reporter", "source")];
+        let held = connect_from(IpAddr::V4(WEB), at(API_VIP, 80))
+            .await
+            .unwrap();
+        wait_for_sample("istio_tcp_sockets_open", &source, 1.0).await;
+        let metrics = wait_for_sample(
+            "istio_tcp_sockets_open",
+            &[("reporter", "destination")],
+            1.0,
+        )
+        .await;
+        assert_eq!(
+            sample(&metrics, "istio_tcp_sockets_open", &source),
+            Some(1.0),
+            "{metrics}"
+        );
+        drop(held);
+        timeout(WAIT, async {
+            loop {
+                let (_, body) = http(15020, "GET", "/metrics").await;
+                if sample(&body, "istio_tcp_sockets_open", &source) == Some(0.0) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("istio_tcp_sockets_open{reporter=\"source\"} never went back to 0");
     });
+}
+
+/// The keys and types `istioctl ztunnel-config` decodes (telemetry.md §c.4), on this world.
+fn config_dump_is_what_istioctl_reads(dump: &serde_json::Value) {
+    let uids: Vec<&str> = dump["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["uid"].as_str().unwrap())
+        .collect();
+    assert_eq!(uids.len(), 2, "{dump}");
+    assert!(uids.is_sorted(), "workloads sorted by uid: {uids:?}");
+    let api = dump["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "api")
+        .unwrap();
+    assert_eq!(api["workloadIps"], serde_json::json!(["127.0.0.3"]));
+    assert_eq!(api["protocol"], "HBONE");
+    assert_eq!(api["status"], "Healthy");
+    assert_eq!(api["capacity"], 1);
+    assert_eq!(
+        api["services"],
+        serde_json::json!(["shop/api.shop.svc.cluster.local"])
+    );
+    let service = &dump["services"][0];
+    assert_eq!(service["hostname"], "api.shop.svc.cluster.local");
+    assert_eq!(service["vips"], serde_json::json!(["/127.10.0.1"]));
+    assert_eq!(service["ports"], serde_json::json!({"80": 8080}));
+    let endpoint = &service["endpoints"][api["uid"].as_str().unwrap()];
+    assert_eq!(
+        endpoint["port"],
+        serde_json::json!({"80": 8080}),
+        "{service}"
+    );
+    let policy = dump["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "would-deny")
+        .unwrap_or_else(|| panic!("no policy would-deny: {dump}"));
+    assert_eq!(
+        (
+            &policy["name"],
+            &policy["scope"],
+            &policy["action"],
+            &policy["dryRun"]
+        ),
+        (
+            &"would-deny".into(),
+            &"Namespace".into(),
+            &"Deny".into(),
+            &true.into()
+        ),
+        "{policy}"
+    );
+    assert!(policy["rules"].is_array(), "{policy}");
+    // web's and api's identities were used for the HBONE hop.
+    let certificates = dump["certificates"].as_array().unwrap();
+    let identities: Vec<&str> = certificates
+        .iter()
+        .map(|c| c["identity"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        identities,
+        [
+            "spiffe://cluster.local/ns/shop/sa/api",
+            "spiffe://cluster.local/ns/shop/sa/web"
+        ]
+    );
+    for cert in certificates {
+        assert_eq!(cert["state"], "Available", "{cert}");
+        let leaf = &cert["certChain"][0];
+        // base64 of "-----BEGIN CERTIFICATE-----".
+        assert!(
+            leaf["pem"]
+                .as_str()
+                .unwrap()
+                .starts_with("LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0t"),
+            "{leaf}"
+        );
+        assert!(
+            leaf["serialNumber"]
+                .as_str()
+                .unwrap()
+                .bytes()
+                .all(|b| b.is_ascii_digit()),
+            "{leaf}"
+        );
+        let expires = leaf["expirationTime"].as_str().unwrap();
+        assert!(
+            expires.len() == 20 && expires.ends_with('Z') && expires.as_bytes()[10] == b'T',
+            "{expires}"
+        );
+        assert!(!cert["rootCerts"].as_array().unwrap().is_empty(), "{cert}");
+    }
+    assert!(dump["version"]["version"].is_string(), "{dump}");
+    assert!(dump["stagedServices"].is_object(), "{dump}");
 }

@@ -140,7 +140,7 @@ async fn story() -> usize {
     );
     n.check(
         order(&outsider, catalog.addr(PORT)).await == Some(true),
-        "but catalog, with no such policy, serves it over mTLS",
+        "but catalog serves it over mTLS (its policy against partner is still dry-run: counted, not enforced)",
     );
 
     n.say("\n3. legacy, outside the mesh, sends plaintext.");
@@ -244,15 +244,18 @@ fn elide_labels(line: &str) -> String {
     let (Some(open), Some(close)) = (line.find('{'), line.rfind('}')) else {
         return line.to_owned();
     };
-    let labels: Vec<&str> = line[open + 1..close]
-        .split("\",")
+    let all: Vec<&str> = line[open + 1..close].split("\",").collect();
+    let labels: Vec<&str> = all
+        .iter()
+        .copied()
         .filter(|pair| KEPT.iter().any(|k| pair.starts_with(&format!("{k}=\""))))
         .collect();
+    let elided = if labels.len() < all.len() { ",…" } else { "" };
     let mut kept = labels.join("\",");
     if !kept.is_empty() && !kept.ends_with('"') {
         kept.push('"');
     }
-    format!("{}{{{kept},…}}{}", &line[..open], &line[close + 1..])
+    format!("{}{{{kept}{elided}}}{}", &line[..open], &line[close + 1..])
 }
 
 fn indent(text: &str) -> String {
