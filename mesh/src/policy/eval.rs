@@ -59,8 +59,9 @@ pub enum DenyReason {
     DeniedBy(PolicyKey),
     /// ALLOW policies applied but none matched.
     NoAllowMatched {
-        /// How many ALLOW policies applied.
-        allow_policies: usize,
+        /// The ALLOW policies that applied, in evaluation order: what the operator must read
+        /// to see why the client was not let in.
+        allow_policies: Vec<PolicyKey>,
     },
 }
 
@@ -68,8 +69,39 @@ impl fmt::Display for DenyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::DeniedBy(policy) => write!(f, "explicitly denied by: {policy}"),
-            Self::NoAllowMatched { .. } => f.write_str("allow policies exist, but none allowed"),
+            // Upstream's words first (alerts grep for them), then which policies they were.
+            Self::NoAllowMatched { allow_policies } => write!(
+                f,
+                "allow policies exist, but none allowed{}",
+                Checked(allow_policies)
+            ),
         }
+    }
+}
+
+/// Policies named in one log line; a workload with dozens of ALLOW policies gets a bounded line.
+const NAMED_POLICIES: usize = 5;
+
+/// ` (checked ns/a, ns/b)`: which ALLOW policies a refused connection was held against; empty
+/// when there were none.
+pub struct Checked<'a>(pub &'a [PolicyKey]);
+
+impl fmt::Display for Checked<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        f.write_str(" (checked ")?;
+        for (i, policy) in self.0.iter().take(NAMED_POLICIES).enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{policy}")?;
+        }
+        if self.0.len() > NAMED_POLICIES {
+            write!(f, " and {} more", self.0.len() - NAMED_POLICIES)?;
+        }
+        f.write_str(")")
     }
 }
 
@@ -140,14 +172,14 @@ fn decide<'o, 'a: 'o>(outcomes: impl Iterator<Item = &'o Outcome<'a>> + Clone) -
     {
         return Verdict::Deny(DenyReason::DeniedBy(deny.policy.key()));
     }
-    let mut allow_policies = 0;
+    let mut allow_policies = Vec::new();
     for outcome in outcomes.filter(|o| o.policy.action == Action::Allow) {
         if outcome.matched {
             return Verdict::Allow;
         }
-        allow_policies += 1;
+        allow_policies.push(outcome.policy.key());
     }
-    if allow_policies == 0 {
+    if allow_policies.is_empty() {
         Verdict::Allow
     } else {
         Verdict::Deny(DenyReason::NoAllowMatched { allow_policies })

@@ -20,7 +20,8 @@ mod fixtures;
 
 pub use error::{FieldPath, InvalidPolicy, Problem};
 pub use eval::{
-    AllowSetOutcome, ConnectionAttrs, Decision, DenyReason, DryRunReport, Verdict, evaluate,
+    AllowSetOutcome, Checked, ConnectionAttrs, Decision, DenyReason, DryRunReport, Verdict,
+    evaluate,
 };
 pub use local::LocalPolicy;
 pub use model::{

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use mesh::policy::{ConnectionAttrs, DenyReason, Verdict};
+use mesh::policy::{Checked, ConnectionAttrs, DenyReason, Verdict};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -81,9 +81,11 @@ impl fmt::Display for CloseReason {
             Self::Denied(DenyReason::DeniedBy(policy)) => {
                 write!(f, "policy {policy} no longer allows it")
             }
-            Self::Denied(DenyReason::NoAllowMatched { .. }) => {
-                f.write_str("allow policies exist, but none allows it any more")
-            }
+            Self::Denied(DenyReason::NoAllowMatched { allow_policies }) => write!(
+                f,
+                "allow policies exist, but none allows it any more{}",
+                Checked(allow_policies)
+            ),
             Self::WorkloadGone(uid) => {
                 write!(f, "destination workload {uid} is no longer in the config")
             }

@@ -14,8 +14,10 @@ fn allow_port(name: &str, port: u16) -> Authorization {
     policy(name, Action::Allow, only(ports(&[port])))
 }
 
-fn no_allow(allow_policies: usize) -> Verdict {
-    Verdict::Deny(DenyReason::NoAllowMatched { allow_policies })
+fn no_allow(names: &[&str]) -> Verdict {
+    Verdict::Deny(DenyReason::NoAllowMatched {
+        allow_policies: names.iter().map(|n| key(n)).collect(),
+    })
 }
 
 fn denied_by(name: &str) -> Verdict {
@@ -88,13 +90,13 @@ fn enforced_decision() {
             "allow present, none matches",
             vec![allow_port("a", 80)],
             plain(81),
-            no_allow(1),
+            no_allow(&["a"]),
         ),
         (
             "two allows, none matches",
             vec![allow_port("a", 80), allow_port("b", 82)],
             plain(81),
-            no_allow(2),
+            no_allow(&["a", "b"]),
         ),
         (
             "one of two allows matches",
@@ -106,7 +108,7 @@ fn enforced_decision() {
             "allow-nothing",
             vec![policy("a", Action::Allow, vec![])],
             mtls(WEB, 80),
-            no_allow(1),
+            no_allow(&["a"]),
         ),
         (
             "allow-nothing beside allow-all",
@@ -205,7 +207,13 @@ fn dry_run_is_reported_not_enforced() {
             vec![dry(allow_port("da", 80))],
             plain(81),
             Verdict::Allow,
-            report(&[], &[], Some(AllowSetOutcome::Denied), true, no_allow(1)),
+            report(
+                &[],
+                &[],
+                Some(AllowSetOutcome::Denied),
+                true,
+                no_allow(&["da"]),
+            ),
         ),
         (
             "dry-run allow missing, enforced allow matching",
@@ -235,7 +243,7 @@ fn dry_run_is_reported_not_enforced() {
             "dry-run allow matching where the enforced allow misses",
             vec![allow_port("a", 80), dry(allow_port("da", 81))],
             plain(81),
-            no_allow(1),
+            no_allow(&["a"]),
             report(&[], &["da"], allowed("da"), false, Verdict::Allow),
         ),
         (
@@ -243,7 +251,13 @@ fn dry_run_is_reported_not_enforced() {
             vec![dry(policy("da", Action::Allow, vec![]))],
             mtls(WEB, 80),
             Verdict::Allow,
-            report(&[], &[], Some(AllowSetOutcome::Denied), true, no_allow(1)),
+            report(
+                &[],
+                &[],
+                Some(AllowSetOutcome::Denied),
+                true,
+                no_allow(&["da"]),
+            ),
         ),
         (
             "dry-run deny and allow together",
@@ -271,9 +285,20 @@ fn deny_reason_text() {
         "explicitly denied by: istio-system/istio_converted_static_strict"
     );
     assert_eq!(
-        DenyReason::NoAllowMatched { allow_policies: 3 }.to_string(),
-        "allow policies exist, but none allowed"
+        DenyReason::NoAllowMatched {
+            allow_policies: vec![key("a"), key("b")]
+        }
+        .to_string(),
+        "allow policies exist, but none allowed (checked ns/a, ns/b)"
+    );
+    let many: Vec<PolicyKey> = (0..7).map(|i| key(&format!("p{i}"))).collect();
+    assert!(
+        DenyReason::NoAllowMatched {
+            allow_policies: many
+        }
+        .to_string()
+        .ends_with("ns/p3, ns/p4 and 2 more)")
     );
     assert!(Verdict::Allow.is_allow());
-    assert!(!no_allow(1).is_allow());
+    assert!(!no_allow(&["a"]).is_allow());
 }

@@ -337,10 +337,12 @@ fn close_reasons_name_the_policy_or_the_workload() {
         denied.to_string(),
         "policy payments/deny-web no longer allows it"
     );
-    let no_allow = CloseReason::Denied(DenyReason::NoAllowMatched { allow_policies: 2 });
+    let no_allow = CloseReason::Denied(DenyReason::NoAllowMatched {
+        allow_policies: vec![PolicyKey::new("payments", "only-web")],
+    });
     assert_eq!(
         no_allow.to_string(),
-        "allow policies exist, but none allows it any more"
+        "allow policies exist, but none allows it any more (checked payments/only-web)"
     );
     let gone = CloseReason::WorkloadGone(API_UID.to_owned());
     assert_eq!(
