@@ -251,6 +251,105 @@ fn metrics_access_log_readiness_and_admin_tell_what_crossed() {
         let (status, body) = http(15000, "GET", "/config_dump").await;
         assert_eq!(status, 200);
         let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert!(dump["workloads"].is_array(), "{dump}");
+        assert_config_dump(&dump);
     });
+}
+
+/// `/config_dump` in the shape istioctl decodes (telemetry.md §c.3, §c.4): a wrong type on a key
+/// it knows would make `istioctl ztunnel-config` fail outright.
+fn assert_config_dump(dump: &serde_json::Value) {
+    let workloads = dump["workloads"].as_array().expect("workloads[]");
+    let uids: Vec<&str> = workloads
+        .iter()
+        .map(|w| w["uid"].as_str().expect("uid"))
+        .collect();
+    assert_eq!(
+        uids,
+        ["Kubernetes//Pod/shop/api", "Kubernetes//Pod/shop/web"],
+        "sorted by uid: {dump}"
+    );
+    for workload in workloads {
+        for key in ["name", "namespace", "protocol", "status", "networkMode"] {
+            assert!(workload[key].is_string(), "{key}: {workload}");
+        }
+        let ips = workload["workloadIps"].as_array().expect("workloadIps[]");
+        assert!(
+            !ips.is_empty() && ips.iter().all(serde_json::Value::is_string),
+            "{workload}"
+        );
+        assert_eq!(workload["protocol"], "HBONE", "{workload}");
+        assert_eq!(workload["status"], "Healthy", "{workload}");
+        assert!(workload["capacity"].is_u64(), "{workload}");
+    }
+    assert_eq!(workloads[0]["name"], "api");
+    assert_eq!(
+        workloads[0]["workloadIps"],
+        serde_json::json!(["127.0.0.3"])
+    );
+    assert_eq!(
+        workloads[0]["services"],
+        serde_json::json!(["shop/api.shop.svc.cluster.local"])
+    );
+
+    let services = dump["services"].as_array().expect("services[]");
+    assert_eq!(services.len(), 1, "{dump}");
+    let api = &services[0];
+    assert_eq!(api["hostname"], "api.shop.svc.cluster.local");
+    assert_eq!(api["vips"], serde_json::json!(["/127.10.0.1"]));
+    assert_eq!(api["ports"], serde_json::json!({"80": 8080}));
+    assert_eq!(
+        api["endpoints"]["Kubernetes//Pod/shop/api"],
+        serde_json::json!({
+            "workloadUid": "Kubernetes//Pod/shop/api", "port": {"80": 8080}, "status": "Healthy"
+        })
+    );
+
+    // The world's STRICT stand-in (attached to no workload here) sorts first by `ns/name`.
+    assert_eq!(
+        dump["policies"],
+        serde_json::json!([
+            {
+                "name": "istio_converted_static_strict", "namespace": "istio-system",
+                "scope": "WorkloadSelector", "action": "Deny",
+                "rules": [[[{"notPrincipals": [{"Presence": []}]}]]], "dryRun": false
+            },
+            {
+                "name": "would-deny", "namespace": "shop", "scope": "Namespace", "action": "Deny",
+                "rules": [[]], "dryRun": true
+            }
+        ])
+    );
+    assert!(dump["stagedServices"].is_object(), "{dump}");
+    assert!(dump["version"]["version"].is_string(), "{dump}");
+    assert!(dump["config"].is_object(), "{dump}");
+
+    // Both ends of the HBONE exchange above needed a certificate, so both are held by now.
+    let certificates = dump["certificates"].as_array().expect("certificates[]");
+    let identities: Vec<&str> = certificates
+        .iter()
+        .map(|c| c["identity"].as_str().expect("identity"))
+        .collect();
+    assert_eq!(
+        identities,
+        [
+            "spiffe://cluster.local/ns/shop/sa/api",
+            "spiffe://cluster.local/ns/shop/sa/web"
+        ],
+        "{dump}"
+    );
+    for cert in certificates {
+        assert_eq!(cert["state"], "Available", "{cert}");
+        let chain = cert["certChain"].as_array().expect("certChain[]");
+        assert!(!chain.is_empty(), "{cert}");
+        for entry in chain.iter().chain(cert["rootCerts"].as_array().unwrap()) {
+            let serial = entry["serialNumber"].as_str().expect("serialNumber");
+            assert!(
+                !serial.is_empty() && serial.bytes().all(|b| b.is_ascii_digit()),
+                "{entry}"
+            );
+            for key in ["pem", "validFrom", "expirationTime"] {
+                assert!(entry[key].is_string(), "{key}: {entry}");
+            }
+        }
+    }
 }
