@@ -252,7 +252,7 @@ fn metrics_access_log_readiness_and_admin_tell_what_crossed() {
         let (status, body) = http(15000, "GET", "/config_dump").await;
         assert_eq!(status, 200);
         let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
-        config_dump_is_what_istioctl_reads(&dump);
+        assert_config_dump(&dump);
 
         // Sockets are counted while they are open: 15001 at the source, and back to 0 after.
         let source = [("reporter", "source")];
@@ -260,12 +260,8 @@ fn metrics_access_log_readiness_and_admin_tell_what_crossed() {
             .await
             .unwrap();
         wait_for_sample("istio_tcp_sockets_open", &source, 1.0).await;
-        let metrics = wait_for_sample(
-            "istio_tcp_sockets_open",
-            &[("reporter", "destination")],
-            1.0,
-        )
-        .await;
+        let destination = [("reporter", "destination")];
+        let metrics = wait_for_sample("istio_tcp_sockets_open", &destination, 1.0).await;
         assert_eq!(
             sample(&metrics, "istio_tcp_sockets_open", &source),
             Some(1.0),
@@ -286,101 +282,107 @@ fn metrics_access_log_readiness_and_admin_tell_what_crossed() {
     });
 }
 
-/// The keys and types `istioctl ztunnel-config` decodes (telemetry.md §c.4), on this world.
-fn config_dump_is_what_istioctl_reads(dump: &serde_json::Value) {
-    let uids: Vec<&str> = dump["workloads"]
-        .as_array()
-        .unwrap()
+/// `/config_dump` in the shape istioctl decodes (telemetry.md §c.3, §c.4): a wrong type on a key
+/// it knows would make `istioctl ztunnel-config` fail outright.
+fn assert_config_dump(dump: &serde_json::Value) {
+    let workloads = dump["workloads"].as_array().expect("workloads[]");
+    let uids: Vec<&str> = workloads
         .iter()
-        .map(|w| w["uid"].as_str().unwrap())
+        .map(|w| w["uid"].as_str().expect("uid"))
         .collect();
-    assert_eq!(uids.len(), 2, "{dump}");
-    assert!(uids.is_sorted(), "workloads sorted by uid: {uids:?}");
-    let api = dump["workloads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["name"] == "api")
-        .unwrap();
-    assert_eq!(api["workloadIps"], serde_json::json!(["127.0.0.3"]));
-    assert_eq!(api["protocol"], "HBONE");
-    assert_eq!(api["status"], "Healthy");
-    assert_eq!(api["capacity"], 1);
     assert_eq!(
-        api["services"],
+        uids,
+        ["Kubernetes//Pod/shop/api", "Kubernetes//Pod/shop/web"],
+        "sorted by uid: {dump}"
+    );
+    for workload in workloads {
+        for key in ["name", "namespace", "protocol", "status", "networkMode"] {
+            assert!(workload[key].is_string(), "{key}: {workload}");
+        }
+        let ips = workload["workloadIps"].as_array().expect("workloadIps[]");
+        assert!(
+            !ips.is_empty() && ips.iter().all(serde_json::Value::is_string),
+            "{workload}"
+        );
+        assert_eq!(workload["protocol"], "HBONE", "{workload}");
+        assert_eq!(workload["status"], "Healthy", "{workload}");
+        assert!(workload["capacity"].is_u64(), "{workload}");
+    }
+    assert_eq!(workloads[0]["name"], "api");
+    assert_eq!(
+        workloads[0]["workloadIps"],
+        serde_json::json!(["127.0.0.3"])
+    );
+    assert_eq!(
+        workloads[0]["services"],
         serde_json::json!(["shop/api.shop.svc.cluster.local"])
     );
-    let service = &dump["services"][0];
-    assert_eq!(service["hostname"], "api.shop.svc.cluster.local");
-    assert_eq!(service["vips"], serde_json::json!(["/127.10.0.1"]));
-    assert_eq!(service["ports"], serde_json::json!({"80": 8080}));
-    let endpoint = &service["endpoints"][api["uid"].as_str().unwrap()];
+
+    let services = dump["services"].as_array().expect("services[]");
+    assert_eq!(services.len(), 1, "{dump}");
+    let api = &services[0];
+    assert_eq!(api["hostname"], "api.shop.svc.cluster.local");
+    assert_eq!(api["vips"], serde_json::json!(["/127.10.0.1"]));
+    assert_eq!(api["ports"], serde_json::json!({"80": 8080}));
     assert_eq!(
-        endpoint["port"],
-        serde_json::json!({"80": 8080}),
-        "{service}"
+        api["endpoints"]["Kubernetes//Pod/shop/api"],
+        serde_json::json!({
+            "workloadUid": "Kubernetes//Pod/shop/api", "port": {"80": 8080}, "status": "Healthy"
+        })
     );
-    let policy = dump["policies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "would-deny")
-        .unwrap_or_else(|| panic!("no policy would-deny: {dump}"));
+
+    // The world's STRICT stand-in (attached to no workload here) sorts first by `ns/name`.
     assert_eq!(
-        (
-            &policy["name"],
-            &policy["scope"],
-            &policy["action"],
-            &policy["dryRun"]
-        ),
-        (
-            &"would-deny".into(),
-            &"Namespace".into(),
-            &"Deny".into(),
-            &true.into()
-        ),
-        "{policy}"
+        dump["policies"],
+        serde_json::json!([
+            {
+                "name": "istio_converted_static_strict", "namespace": "istio-system",
+                "scope": "WorkloadSelector", "action": "Deny",
+                "rules": [[[{"notPrincipals": [{"Presence": []}]}]]], "dryRun": false
+            },
+            {
+                "name": "would-deny", "namespace": "shop", "scope": "Namespace", "action": "Deny",
+                "rules": [[]], "dryRun": true
+            }
+        ])
     );
-    assert!(policy["rules"].is_array(), "{policy}");
-    // web's and api's identities were used for the HBONE hop.
-    let certificates = dump["certificates"].as_array().unwrap();
+    assert!(dump["stagedServices"].is_object(), "{dump}");
+    assert!(dump["version"]["version"].is_string(), "{dump}");
+    assert!(dump["config"].is_object(), "{dump}");
+
+    // Both ends of the HBONE exchange above needed a certificate, so both are held by now.
+    let certificates = dump["certificates"].as_array().expect("certificates[]");
     let identities: Vec<&str> = certificates
         .iter()
-        .map(|c| c["identity"].as_str().unwrap())
+        .map(|c| c["identity"].as_str().expect("identity"))
         .collect();
     assert_eq!(
         identities,
         [
             "spiffe://cluster.local/ns/shop/sa/api",
             "spiffe://cluster.local/ns/shop/sa/web"
-        ]
+        ],
+        "{dump}"
     );
     for cert in certificates {
         assert_eq!(cert["state"], "Available", "{cert}");
-        let leaf = &cert["certChain"][0];
-        // base64 of "-----BEGIN CERTIFICATE-----".
-        assert!(
-            leaf["pem"]
-                .as_str()
-                .unwrap()
-                .starts_with("LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0t"),
-            "{leaf}"
-        );
-        assert!(
-            leaf["serialNumber"]
-                .as_str()
-                .unwrap()
-                .bytes()
-                .all(|b| b.is_ascii_digit()),
-            "{leaf}"
-        );
-        let expires = leaf["expirationTime"].as_str().unwrap();
-        assert!(
-            expires.len() == 20 && expires.ends_with('Z') && expires.as_bytes()[10] == b'T',
-            "{expires}"
-        );
-        assert!(!cert["rootCerts"].as_array().unwrap().is_empty(), "{cert}");
+        let chain = cert["certChain"].as_array().expect("certChain[]");
+        assert!(!chain.is_empty(), "{cert}");
+        for entry in chain.iter().chain(cert["rootCerts"].as_array().unwrap()) {
+            let serial = entry["serialNumber"].as_str().expect("serialNumber");
+            assert!(
+                !serial.is_empty() && serial.bytes().all(|b| b.is_ascii_digit()),
+                "{entry}"
+            );
+            for key in ["pem", "validFrom", "expirationTime"] {
+                assert!(entry[key].is_string(), "{key}: {entry}");
+            }
+            // base64 of "-----BEGIN CERTIFICATE-----".
+            let pem = entry["pem"].as_str().unwrap_or_default();
+            assert!(
+                pem.starts_with("LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0t"),
+                "{entry}"
+            );
+        }
     }
-    assert!(dump["version"]["version"].is_string(), "{dump}");
-    assert!(dump["stagedServices"].is_object(), "{dump}");
 }

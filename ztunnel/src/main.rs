@@ -204,7 +204,7 @@ fn config_dump(config: &Config, directory: &Arc<Directory>, certs: &CertStore) -
         "readinessAddr": config.readiness_addr.to_string(),
     });
     Box::new(move || {
-        admin::config_dump::document(&admin::config_dump::Sources {
+        admin::config_dump::render(&admin::config_dump::Sources {
             snapshot: &directory.load(),
             certificates: &certs.states(),
             config: &settings,

@@ -4,21 +4,22 @@
 //! istioctl decodes with Go's `encoding/json`: unknown keys are ignored, but a known key with
 //! another type is a hard error. The types here are therefore the contract: IPs and gateway
 //! destinations are strings, ports are numbers keyed by numeric strings, rules are nested
-//! arrays. Optional keys are left out when empty, as upstream does. This module only turns the
-//! state into the document; it does no I/O.
+//! arrays. Optional keys are left out when empty, as upstream does, and keys come in upstream's
+//! order, which is why the document is serialized straight from these structs rather than
+//! through `serde_json::Value` (whose maps sort their keys). This module only turns the state
+//! into the document; it does no I/O.
 
+mod certs;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use mesh::identity::{CertState, SpiffeId, summarize};
+use mesh::identity::{CertState, SpiffeId};
 use mesh::policy::{Action, Authorization, Match, Scope, ServiceAccountMatch, StringMatch};
-use rustls_pki_types::CertificateDer;
 use serde::Serialize;
 
+use self::certs::{CertsDump, certificates};
 use crate::state::{
     HealthPolicy, HealthStatus, LoadBalancerMode, LocalityScope, Service, Snapshot, TunnelProtocol,
     Workload,
@@ -34,15 +35,14 @@ pub struct Sources<'a> {
     pub config: &'a serde_json::Value,
 }
 
-/// The whole document.
-pub fn document(sources: &Sources<'_>) -> serde_json::Value {
+/// The whole document, borrowing from its [`Sources`]; serialize it to get the JSON.
+pub fn document<'a>(sources: &Sources<'a>) -> Document<'a> {
     let snapshot = sources.snapshot;
-    let mut policies: Vec<&Authorization> = snapshot.policies().iter().collect();
-    policies.sort_by_key(|p| (p.namespace.as_str(), p.name.as_str()));
-    let dump = Dump {
+    Document {
         workloads: snapshot.workloads().map(|w| workload(w)).collect(),
         services: services(snapshot),
-        policies: policies.into_iter().map(policy).collect(),
+        // The set is keyed by the `namespace/name` string, the order upstream sorts by.
+        policies: snapshot.policies().iter().map(policy).collect(),
         staged_services: staged(snapshot),
         static_config: StaticConfig::default(),
         version: Version::current(),
@@ -52,17 +52,18 @@ pub fn document(sources: &Sources<'_>) -> serde_json::Value {
             .iter()
             .map(|(id, state)| certificates(id, state))
             .collect(),
-    };
-    // Serializing plain structs of strings, numbers and maps cannot fail; should it ever, the
-    // operator still gets a document saying so instead of an empty reply.
-    serde_json::to_value(&dump).unwrap_or_else(
-        |e| serde_json::json!({"error": format!("config_dump could not be encoded: {e}")}),
-    )
+    }
 }
 
+/// The document as the admin port serves it: pretty-printed JSON.
+pub fn render(sources: &Sources<'_>) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec_pretty(&document(sources))
+}
+
+/// The `/config_dump` document (telemetry.md §c.3); fields in upstream's key order.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Dump<'a> {
+pub struct Document<'a> {
     workloads: Vec<WorkloadDump<'a>>,
     services: Vec<ServiceDump<'a>>,
     policies: Vec<PolicyDump<'a>>,
@@ -127,7 +128,9 @@ struct WorkloadDump<'a> {
     uid: &'a str,
     name: &'a str,
     namespace: &'a str,
+    #[serde(skip_serializing_if = "String::is_empty")]
     trust_domain: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
     service_account: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     network: &'a str,
@@ -458,104 +461,4 @@ fn policy(p: &Authorization) -> PolicyDump<'_> {
             .collect(),
         dry_run: p.dry_run,
     }
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct CertsDump {
-    identity: String,
-    state: String,
-    cert_chain: Vec<CertDump>,
-    root_certs: Vec<CertDump>,
-}
-
-#[derive(Serialize, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-struct CertDump {
-    pem: String,
-    serial_number: String,
-    valid_from: String,
-    expiration_time: String,
-}
-
-fn certificates(identity: &SpiffeId, state: &CertState) -> CertsDump {
-    let (state, chain, roots) = match state {
-        CertState::Initializing => ("Initializing".to_owned(), Vec::new(), Vec::new()),
-        CertState::Unavailable(cause) => (format!("Unavailable: {cause}"), Vec::new(), Vec::new()),
-        CertState::Available { cert, .. } => (
-            "Available".to_owned(),
-            cert.chain().iter().filter_map(cert_dump).collect(),
-            cert.roots().iter().filter_map(cert_dump).collect(),
-        ),
-    };
-    CertsDump {
-        identity: identity.to_string(),
-        state,
-        cert_chain: chain,
-        root_certs: roots,
-    }
-}
-
-/// One certificate as istioctl reads it; `None` only for DER the store could not have accepted.
-fn cert_dump(der: &CertificateDer<'_>) -> Option<CertDump> {
-    let summary = summarize(der).ok()?;
-    let pem = pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()));
-    Some(CertDump {
-        pem: base64::engine::general_purpose::STANDARD.encode(pem),
-        serial_number: decimal(&summary.serial),
-        valid_from: rfc3339(summary.not_before),
-        expiration_time: rfc3339(summary.not_after),
-    })
-}
-
-/// A big-endian unsigned integer in base 10 (istioctl parses the serial as decimal).
-fn decimal(big_endian: &[u8]) -> String {
-    let mut number = big_endian.to_vec();
-    let mut digits = Vec::new();
-    while number.iter().any(|b| *b != 0) {
-        let mut remainder = 0_u32;
-        for byte in &mut number {
-            let value = (remainder << 8) | u32::from(*byte);
-            *byte = u8::try_from(value / 10).unwrap_or(u8::MAX);
-            remainder = value % 10;
-        }
-        digits.push(char::from(b'0' + u8::try_from(remainder).unwrap_or(0)));
-    }
-    if digits.is_empty() {
-        return "0".to_owned();
-    }
-    digits.iter().rev().collect()
-}
-
-/// RFC 3339 in UTC with whole seconds, e.g. `2024-05-01T10:00:00Z`.
-fn rfc3339(at: SystemTime) -> String {
-    let seconds = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, time) = (seconds / 86_400, seconds % 86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        time / 3600,
-        time / 60 % 60,
-        time % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar, by
-/// counting 400-year eras of 146 097 days from 0000-03-01 (so leap days fall at era ends).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let day_of_era = z % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }

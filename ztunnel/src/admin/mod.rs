@@ -20,8 +20,9 @@ use tracing::{info, warn};
 
 pub use readiness::Readiness;
 
-/// Builds the `/config_dump` document on demand.
-pub type ConfigDump = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
+/// Builds the `/config_dump` document on demand, as the JSON bytes served. Bytes rather than a
+/// `serde_json::Value`, whose maps would sort the keys out of upstream's order.
+pub type ConfigDump = Box<dyn Fn() -> serde_json::Result<Vec<u8>> + Send + Sync>;
 
 /// Where the three servers listen.
 #[derive(Debug, Clone, Copy)]
@@ -146,7 +147,7 @@ const INDEX: &str = "<html><body><h1>ztunnel admin</h1><ul>\
 fn admin_reply(state: &AdminState, parts: &Parts) -> Reply {
     match parts.uri.path() {
         "/" => with_type(StatusCode::OK, "text/html; charset=utf-8", INDEX.into()),
-        "/config_dump" => match serde_json::to_vec_pretty(&(state.config_dump)()) {
+        "/config_dump" => match (state.config_dump)() {
             Ok(body) => with_type(StatusCode::OK, "application/json", body),
             Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")),
         },

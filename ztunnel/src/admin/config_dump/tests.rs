@@ -9,7 +9,8 @@ use base64::Engine as _;
 use mesh::identity::{CaLimits, CertState, FetchError, LocalCa, SpiffeId, TrustDomain};
 use serde_json::{Value, json};
 
-use super::{Sources, civil_from_days, decimal, document, rfc3339};
+use super::certs::{civil_from_days, decimal, rfc3339};
+use super::{Sources, document, policy, render, service, workload};
 use crate::state::{LocalConfig, Snapshot};
 
 const STATE: &str = r#"
@@ -47,6 +48,14 @@ policies:
         notPrincipals: [{prefix: cluster.local/ns/evil/}]
     - - destinationPorts: [8080]
         sourceIps: ["10.0.0.0/8"]
+- name: eu-only
+  namespace: shop-eu
+  scope: Namespace
+  action: Deny
+  rules:
+  - - - notNamespaces: [{suffix: "-eu"}]
+        destinationIps: ["10.1.0.0/16", "fd00::/8"]
+        notDestinationPorts: [22, 9090]
 - name: deny-all
   namespace: istio-system
   scope: Global
@@ -69,11 +78,18 @@ fn snapshot() -> Snapshot {
 }
 
 fn dump(snapshot: &Snapshot, certificates: &[(SpiffeId, CertState)]) -> Value {
-    document(&Sources {
+    let config = json!({"nodeName": "node-a"});
+    let doc = document(&Sources {
         snapshot,
         certificates,
-        config: &json!({"nodeName": "node-a"}),
-    })
+        config: &config,
+    });
+    serde_json::to_value(doc).unwrap_or_else(|e| panic!("encoding: {e}"))
+}
+
+/// Compact JSON of one entry, keys in the order they are written (a `Value` would sort them).
+fn text(entry: &impl serde::Serialize) -> String {
+    serde_json::to_string(entry).unwrap_or_else(|e| panic!("encoding: {e}"))
 }
 
 #[test]
@@ -156,6 +172,15 @@ fn policies_come_back_in_the_shape_they_were_written() {
                 "dryRun": false
             },
             {
+                "name": "eu-only", "namespace": "shop-eu", "scope": "Namespace", "action": "Deny",
+                "rules": [[[{
+                    "notNamespaces": [{"Suffix": "-eu"}],
+                    "destinationIps": ["10.1.0.0/16", "fd00::/8"],
+                    "notDestinationPorts": [22, 9090]
+                }]]],
+                "dryRun": false
+            },
+            {
                 "name": "only-web", "namespace": "shop", "scope": "WorkloadSelector", "action": "Allow",
                 "rules": [[
                     [{"principals": [{"Exact": "cluster.local/ns/shop/sa/web"}, {"Presence": []}],
@@ -216,7 +241,15 @@ fn certificates_are_base64_pem_with_decimal_serials_and_rfc3339_times() {
         .decode(leaf["pem"].as_str().expect("pem is a string"))
         .expect("pem is base64");
     let pem = String::from_utf8(pem).expect("PEM text");
-    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n"), "{pem}");
+    assert!(pem.ends_with("\n-----END CERTIFICATE-----\n"), "{pem}");
+    assert!(!pem.contains('\r'), "LF line endings: {pem:?}");
+    let decoded = pem::parse(&pem).expect("PEM parses");
+    assert_eq!(
+        decoded.contents(),
+        cert.chain()[0].as_ref(),
+        "the leaf's DER"
+    );
     let hex = &cert.leaf().serial;
     let serial = leaf["serialNumber"].as_str().expect("serial is a string");
     assert!(serial.bytes().all(|b| b.is_ascii_digit()), "{serial}");
@@ -259,4 +292,87 @@ fn times_are_utc_whole_seconds() {
     assert_eq!(rfc3339(at(951_782_400)), "2000-02-29T00:00:00Z");
     assert_eq!(rfc3339(at(4_107_542_399)), "2100-02-28T23:59:59Z");
     assert_eq!(civil_from_days(59), (1970, 3, 1));
+}
+
+#[test]
+fn entries_keep_upstreams_key_order() {
+    let snapshot = snapshot();
+    let web = snapshot
+        .workload("cluster1//v1/Pod/shop/web-1")
+        .expect("fixture workload");
+    assert_eq!(
+        text(&workload(&web)),
+        concat!(
+            r#"{"workloadIps":["10.0.0.5"],"protocol":"HBONE","networkMode":"Standard","#,
+            r#""uid":"cluster1//v1/Pod/shop/web-1","name":"web-1","namespace":"shop","#,
+            r#""trustDomain":"cluster.local","serviceAccount":"web","workloadName":"web","#,
+            r#""workloadType":"deployment","canonicalName":"web","canonicalRevision":"v1","#,
+            r#""node":"node-a","status":"Healthy","clusterId":"Kubernetes","#,
+            r#""services":["shop/web.shop.svc.cluster.local"],"capacity":1}"#
+        )
+    );
+    let svc = snapshot.services().next().expect("fixture service");
+    assert_eq!(
+        text(&service(svc, super::endpoints(&snapshot, svc))),
+        concat!(
+            r#"{"name":"web","namespace":"shop","hostname":"web.shop.svc.cluster.local","#,
+            r#""vips":["/10.96.0.10"],"ports":{"80":8080},"endpoints":{"#,
+            r#""cluster1//v1/Pod/shop/web-1":{"workloadUid":"cluster1//v1/Pod/shop/web-1","#,
+            r#""port":{"80":8080},"status":"Healthy"}},"#,
+            r#""subjectAltNames":["spiffe://cluster.local/ns/shop/sa/web"],"#,
+            r#""canonical":true,"visibility":"Public"}"#
+        )
+    );
+    let only_web = snapshot
+        .policies()
+        .get("shop/only-web")
+        .expect("fixture policy");
+    assert_eq!(
+        text(&policy(only_web)),
+        concat!(
+            r#"{"name":"only-web","namespace":"shop","scope":"WorkloadSelector","action":"Allow","#,
+            r#""rules":[[[{"principals":[{"Exact":"cluster.local/ns/shop/sa/web"},{"Presence":[]}],"#,
+            r#""notPrincipals":[{"Prefix":"cluster.local/ns/evil/"}]}],"#,
+            r#"[{"sourceIps":["10.0.0.0/8"],"destinationPorts":[8080]}]]],"dryRun":true}"#
+        )
+    );
+}
+
+#[test]
+fn the_served_document_is_pretty_json_with_the_top_level_keys_in_order() {
+    let snapshot = snapshot();
+    let config = json!({});
+    let body = render(&Sources {
+        snapshot: &snapshot,
+        certificates: &[],
+        config: &config,
+    })
+    .expect("rendered");
+    let body = String::from_utf8(body).expect("UTF-8");
+    let positions: Vec<usize> = [
+        "workloads",
+        "services",
+        "policies",
+        "stagedServices",
+        "staticConfig",
+        "version",
+        "config",
+        "certificates",
+    ]
+    .iter()
+    .map(|key| {
+        body.find(&format!("\n  \"{key}\": "))
+            .unwrap_or_else(|| panic!("top-level {key} missing:\n{body}"))
+    })
+    .collect();
+    assert!(positions.is_sorted(), "{positions:?}\n{body}");
+    let parsed: Value = serde_json::from_str(&body).expect("valid JSON");
+    assert_eq!(parsed["version"]["cryptoProvider"], "tls-aws-lc");
+    assert_eq!(parsed["version"]["version"], env!("CARGO_PKG_VERSION"));
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    assert_eq!(parsed["version"]["buildProfile"], profile);
 }
