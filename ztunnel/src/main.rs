@@ -3,7 +3,7 @@
 //! so a slow CA or a big reload never stalls a connection), serves until SIGTERM, then drains.
 //! `ztunnel node-agent` runs the standalone node agent instead.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -130,13 +130,15 @@ async fn run(
         },
         true,
     );
+    // Filled once in-pod mode has its pod manager, so /config_dump can list the pods.
+    let pods = Arc::new(OnceLock::new());
     let admin_stop = CancellationToken::new();
     let _stop_admin = admin_stop.clone().drop_guard();
     let admin_state = AdminState {
         registry,
         readiness: Arc::clone(&readiness),
         logs: Some(logs),
-        config_dump: config_dump(&config, &directory, &certs),
+        config_dump: config_dump(&config, &directory, &certs, &pods),
         shutdown: shutdown.clone(),
     };
     let addrs = AdminAddrs {
@@ -175,14 +177,21 @@ async fn run(
         .with_inbound_h2(config.h2(H2Settings::server())),
     );
     match host {
-        Some(host) => serve_in_pod(&config, inputs, host, control, shutdown, &readiness).await,
+        Some(host) => {
+            serve_in_pod(&config, inputs, host, control, shutdown, &readiness, &pods).await
+        }
         None => serve_dedicated(&config, inputs, shutdown, &readiness).await,
     }
 }
 
 /// The `/config_dump` document, built from the state at each request.
-fn config_dump(config: &Config, directory: &Arc<Directory>, certs: &CertStore) -> ConfigDump {
-    let (directory, certs) = (Arc::clone(directory), certs.clone());
+fn config_dump(
+    config: &Config,
+    directory: &Arc<Directory>,
+    certs: &CertStore,
+    pods: &Arc<OnceLock<Arc<PodProxies>>>,
+) -> ConfigDump {
+    let (directory, certs, pods) = (Arc::clone(directory), certs.clone(), Arc::clone(pods));
     let duration = |d| mesh::config::format_duration(d);
     let settings = serde_json::json!({
         "proxyMode": format!("{:?}", config.proxy_mode),
@@ -204,10 +213,12 @@ fn config_dump(config: &Config, directory: &Arc<Directory>, certs: &CertStore) -
         "readinessAddr": config.readiness_addr.to_string(),
     });
     Box::new(move || {
+        let pods = pods.get().map(|proxies| proxies.states());
         admin::config_dump::render(&admin::config_dump::Sources {
             snapshot: &directory.load(),
             certificates: &certs.states(),
             config: &settings,
+            pods: pods.as_deref(),
         })
     })
 }
@@ -251,6 +262,7 @@ async fn serve_in_pod(
     control: Handle,
     shutdown: CancellationToken,
     readiness: &Arc<Readiness>,
+    published: &OnceLock<Arc<PodProxies>>,
 ) -> anyhow::Result<()> {
     let listeners = Listeners::in_pod(config.ipv6_enabled, config.inpod_port_reuse);
     let proxies = Arc::new(PodProxies::new(
@@ -260,6 +272,8 @@ async fn serve_in_pod(
         config.drain_timeout,
         Handle::current(),
     ));
+    // Set once per process: run() calls this at most once.
+    let _ = published.set(Arc::clone(&proxies));
     let (ready, mut ready_changes) = watch::channel(false);
     // The node agent's snapshot gates readiness, and does again while ZDS is reconnecting.
     let following = Arc::clone(readiness);

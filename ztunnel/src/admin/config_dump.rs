@@ -20,6 +20,7 @@ use mesh::policy::{Action, Authorization, Match, Scope, ServiceAccountMatch, Str
 use serde::Serialize;
 
 use self::certs::{CertsDump, certificates};
+use crate::inpod::pods::PodState;
 use crate::state::{
     HealthPolicy, HealthStatus, LoadBalancerMode, LocalityScope, Service, Snapshot, TunnelProtocol,
     Workload,
@@ -33,6 +34,8 @@ pub struct Sources<'a> {
     pub certificates: &'a [(SpiffeId, CertState)],
     /// The runtime configuration (camelCase keys; istioctl does not read it).
     pub config: &'a serde_json::Value,
+    /// In-pod mode: the pods the node agent enrolled here (`None` in dedicated mode).
+    pub pods: Option<&'a [PodState]>,
 }
 
 /// The whole document, borrowing from its [`Sources`]; serialize it to get the JSON.
@@ -52,6 +55,7 @@ pub fn document<'a>(sources: &Sources<'a>) -> Document<'a> {
             .iter()
             .map(|(id, state)| certificates(id, state))
             .collect(),
+        workload_state: sources.pods.map(workload_state),
     }
 }
 
@@ -72,6 +76,40 @@ pub struct Document<'a> {
     version: Version,
     config: &'a serde_json::Value,
     certificates: Vec<CertsDump>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workload_state: Option<BTreeMap<&'a str, WorkloadStateDump<'a>>>,
+}
+
+/// `workloadState` entry: istioctl's `ztunnel-config connections` lists pods from it. The
+/// per-pod connection lists are not kept yet, so `connections` is left out.
+#[derive(Serialize)]
+struct WorkloadStateDump<'a> {
+    state: &'static str,
+    info: PodInfoDump<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PodInfoDump<'a> {
+    name: &'a str,
+    namespace: &'a str,
+    service_account: &'a str,
+}
+
+fn workload_state(pods: &[PodState]) -> BTreeMap<&str, WorkloadStateDump<'_>> {
+    pods.iter()
+        .map(|pod| {
+            let entry = WorkloadStateDump {
+                state: if pod.up { "Up" } else { "Pending" },
+                info: PodInfoDump {
+                    name: &pod.info.name,
+                    namespace: &pod.info.namespace,
+                    service_account: &pod.info.service_account,
+                },
+            };
+            (pod.uid.as_str(), entry)
+        })
+        .collect()
 }
 
 /// Upstream fills this from a local config file; ours folds such a file into the state above.

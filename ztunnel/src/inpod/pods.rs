@@ -43,7 +43,19 @@ pub enum StopMode {
     Immediate,
 }
 
+/// One enrolled pod as `/config_dump`'s `workloadState` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodState {
+    /// The node agent's uid for the pod.
+    pub uid: String,
+    /// Its proxy serves (`Up`); otherwise it failed to start and waits for a retry (`Pending`).
+    pub up: bool,
+    /// Name, namespace and service account, as the node agent described the pod.
+    pub info: PodInfo,
+}
+
 struct Running {
+    info: PodInfo,
     netns: NetnsId,
     stop: CancellationToken,
     cut: CancellationToken,
@@ -110,6 +122,25 @@ impl PodProxies {
         lock(&self.running).keys().cloned().collect()
     }
 
+    /// Every pod the node agent gave this proxy, by uid: serving, or waiting for a retry.
+    pub fn states(&self) -> Vec<PodState> {
+        let mut all: Vec<PodState> = lock(&self.running)
+            .iter()
+            .map(|(uid, r)| PodState {
+                uid: uid.clone(),
+                up: true,
+                info: r.info.clone(),
+            })
+            .collect();
+        all.extend(lock(&self.pending).iter().map(|(uid, p)| PodState {
+            uid: uid.clone(),
+            up: false,
+            info: p.info.clone(),
+        }));
+        all.sort_by(|a, b| a.uid.cmp(&b.uid));
+        all
+    }
+
     /// Pods waiting for a retry.
     pub fn pending_count(&self) -> usize {
         lock(&self.pending).len()
@@ -166,6 +197,7 @@ impl PodProxies {
         let previous = lock(&self.running).insert(
             uid.to_owned(),
             Running {
+                info: info.clone(),
                 netns: id,
                 stop: stop.clone(),
                 cut: cut.clone(),

@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 
 use super::certs::{civil_from_days, decimal, rfc3339};
 use super::{Sources, document, policy, render, service, workload};
+use crate::capture::zds::message::PodInfo;
+use crate::inpod::pods::PodState;
 use crate::state::{LocalConfig, Snapshot};
 
 const STATE: &str = r#"
@@ -83,6 +85,7 @@ fn dump(snapshot: &Snapshot, certificates: &[(SpiffeId, CertState)]) -> Value {
         snapshot,
         certificates,
         config: &config,
+        pods: None,
     });
     serde_json::to_value(doc).unwrap_or_else(|e| panic!("encoding: {e}"))
 }
@@ -346,6 +349,7 @@ fn the_served_document_is_pretty_json_with_the_top_level_keys_in_order() {
         snapshot: &snapshot,
         certificates: &[],
         config: &config,
+        pods: None,
     })
     .expect("rendered");
     let body = String::from_utf8(body).expect("UTF-8");
@@ -375,4 +379,38 @@ fn the_served_document_is_pretty_json_with_the_top_level_keys_in_order() {
         "release"
     };
     assert_eq!(parsed["version"]["buildProfile"], profile);
+}
+
+#[test]
+fn in_pod_mode_adds_each_enrolled_pod_and_whether_its_proxy_serves() {
+    let pod = |uid: &str, up, name: &str| PodState {
+        uid: uid.to_owned(),
+        up,
+        info: PodInfo {
+            name: name.to_owned(),
+            namespace: "shop".to_owned(),
+            service_account: "web".to_owned(),
+        },
+    };
+    let pods = [pod("uid-a", true, "web-1"), pod("uid-b", false, "web-2")];
+    let snapshot = Snapshot::empty();
+    let config = json!({});
+    let doc = serde_json::to_value(document(&Sources {
+        snapshot: &snapshot,
+        certificates: &[],
+        config: &config,
+        pods: Some(&pods),
+    }))
+    .expect("encoded");
+    assert_eq!(
+        doc["workloadState"],
+        json!({
+            "uid-a": {"state": "Up", "info": {"name": "web-1", "namespace": "shop", "serviceAccount": "web"}},
+            "uid-b": {"state": "Pending", "info": {"name": "web-2", "namespace": "shop", "serviceAccount": "web"}}
+        })
+    );
+    assert!(
+        dump(&snapshot, &[]).get("workloadState").is_none(),
+        "dedicated mode has no workloadState"
+    );
 }
