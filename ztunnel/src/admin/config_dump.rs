@@ -22,8 +22,8 @@ use serde::Serialize;
 use self::certs::{CertsDump, certificates};
 use crate::inpod::pods::PodState;
 use crate::state::{
-    HealthPolicy, HealthStatus, LoadBalancerMode, LocalityScope, Service, Snapshot, TunnelProtocol,
-    Workload,
+    GatewayAddress, HealthPolicy, HealthStatus, LoadBalancerMode, LocalityScope, Service, Snapshot,
+    TunnelProtocol, Workload,
 };
 
 /// What the document is built from, read at the moment of the request.
@@ -160,6 +160,8 @@ fn is_false(value: &bool) -> bool {
 #[serde(rename_all = "camelCase")]
 struct WorkloadDump<'a> {
     workload_ips: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waypoint: Option<GatewayDump>,
     protocol: &'static str,
     network_mode: &'static str,
     #[serde(skip_serializing_if = "str::is_empty")]
@@ -216,6 +218,7 @@ fn workload(w: &Workload) -> WorkloadDump<'_> {
         !(locality.region.is_empty() && locality.zone.is_empty() && locality.subzone.is_empty());
     WorkloadDump {
         workload_ips: w.ips.iter().map(ToString::to_string).collect(),
+        waypoint: w.waypoint.as_ref().map(gateway),
         protocol: match w.protocol {
             TunnelProtocol::Tcp => "TCP",
             TunnelProtocol::Hbone => "HBONE",
@@ -257,6 +260,8 @@ struct ServiceDump<'a> {
     ports: BTreeMap<String, u16>,
     endpoints: BTreeMap<&'a str, EndpointDump<'a>>,
     subject_alt_names: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waypoint: Option<GatewayDump>,
     #[serde(skip_serializing_if = "Option::is_none")]
     load_balancer: Option<LoadBalancerDump>,
     canonical: bool,
@@ -343,9 +348,26 @@ fn service<'a>(s: &'a Service, endpoints: BTreeMap<&'a str, EndpointDump<'a>>) -
                 HealthPolicy::AllowAll => "AllowAll",
             },
         }),
+        waypoint: s.waypoint.as_ref().map(gateway),
         canonical: s.canonical,
         // Namespace-local visibility is not modelled: every service is reachable mesh-wide.
         visibility: "Public",
+    }
+}
+
+/// A waypoint; `destination` must be a string (`network/ip` or `namespace/hostname`): istioctl
+/// decodes it into one and compares it with services' VIPs and keys.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GatewayDump {
+    destination: String,
+    hbone_mtls_port: u16,
+}
+
+fn gateway(waypoint: &GatewayAddress) -> GatewayDump {
+    GatewayDump {
+        destination: waypoint.destination.to_string(),
+        hbone_mtls_port: waypoint.hbone_mtls_port,
     }
 }
 

@@ -41,6 +41,15 @@ pub enum ConnectionError {
         /// `namespace/hostname`.
         service: String,
     },
+    /// The destination has a waypoint and none of its instances can be reached: refused, not
+    /// sent around it.
+    #[error("{destination} is served through waypoint {waypoint}, which has no healthy instance")]
+    WaypointUnavailable {
+        /// The waypoint (`network/ip`, `namespace/hostname` or an instance's uid).
+        waypoint: String,
+        /// What the client dialed.
+        destination: String,
+    },
     /// A service VIP on a port the service does not expose.
     #[error("service {service} has no port {port}")]
     NoServicePort {
@@ -124,6 +133,7 @@ impl ConnectionError {
             Self::OriginalDestination(_)
             | Self::UnknownSource(_)
             | Self::NoHealthyEndpoint { .. }
+            | Self::WaypointUnavailable { .. }
             | Self::NoServicePort { .. }
             | Self::Tls(_)
             | Self::Tunnel(_)

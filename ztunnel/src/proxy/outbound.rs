@@ -75,6 +75,10 @@ async fn proxy(
         Resolution::Service {
             service, endpoint, ..
         } => (Some(Arc::clone(endpoint)), Some(Arc::clone(service))),
+        // The next hop is the waypoint; the service is still the one the client meant.
+        Resolution::Waypoint {
+            waypoint, service, ..
+        } => (Some(Arc::clone(waypoint)), service.clone()),
         _ => (None, None),
     };
     let (dst_addr, hbone_addr, security) = match &route {

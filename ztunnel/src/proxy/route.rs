@@ -64,6 +64,34 @@ pub(crate) fn plan(resolution: &Resolution, original: SocketAddr) -> Result<Plan
             port: *port,
         }),
         Resolution::Passthrough { .. } => Ok(Plan::Tcp(original)),
+        // The original destination is the CONNECT target, untranslated: the waypoint routes by
+        // it (hbone.md §8). Waypoints always take HBONE, whatever their workload's protocol.
+        Resolution::Waypoint {
+            waypoint,
+            hbone_port,
+            service,
+            ..
+        } => {
+            let ip = address_like(waypoint, original.ip()).ok_or_else(|| {
+                ConnectionError::WaypointUnavailable {
+                    waypoint: waypoint.uid.clone(),
+                    destination: original.to_string(),
+                }
+            })?;
+            Ok(Plan::Hbone {
+                next_hop: SocketAddr::new(ip, *hbone_port),
+                authority: Authority::Addr(original),
+                expected: resolution.expected_identities(),
+                service_host: service.as_ref().map(|s| s.hostname.clone()),
+            })
+        }
+        Resolution::WaypointUnavailable {
+            waypoint,
+            destination,
+        } => Err(ConnectionError::WaypointUnavailable {
+            waypoint: waypoint.clone(),
+            destination: destination.clone(),
+        }),
     }
 }
 
@@ -99,3 +127,5 @@ fn address_like(endpoint: &Workload, dialed: IpAddr) -> Option<IpAddr> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod waypoint_tests;

@@ -8,7 +8,7 @@
 //! whole with an [`InvalidResource`] naming the field, so the xDS client can NACK it by name
 //! while the previous version keeps serving.
 //!
-//! Some wire fields have no place in the model yet (waypoints, network gateways, weighted
+//! Some wire fields have no place in the model yet (network gateways, weighted
 //! waypoints, application tunnels, capacity, network mode, IP families, visibility, CIDR VIPs).
 //! They are validated like the rest, so what is accepted now stays acceptable once the model
 //! grows them, and are otherwise left out; a comment at each says what leaving it out changes.
@@ -28,10 +28,10 @@ use xds_proto::istio::workload::load_balancing::{
 };
 
 use super::model::{
-    DEFAULT_CLUSTER_ID, DEFAULT_SERVICE_ACCOUNT, HealthPolicy, HealthStatus, IdentityError,
-    LoadBalancerMode, LoadBalancing, Locality, LocalityScope, NamespacedHostname,
-    NamespacedHostnameError, NetworkAddress, PortMap, Service, TunnelProtocol, Workload,
-    WorkloadType, default_trust_domain,
+    DEFAULT_CLUSTER_ID, DEFAULT_SERVICE_ACCOUNT, GatewayAddress, GatewayDestination, HealthPolicy,
+    HealthStatus, IdentityError, LoadBalancerMode, LoadBalancing, Locality, LocalityScope,
+    NamespacedHostname, NamespacedHostnameError, NetworkAddress, PortMap, Service, TunnelProtocol,
+    Workload, WorkloadType, default_trust_domain,
 };
 use super::snapshot::Snapshot;
 
@@ -204,10 +204,10 @@ impl fmt::Display for PortRange {
 /// What one Address resource holds, converted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FromAddress {
-    /// A workload (boxed: it is several times the size of a service).
+    /// A workload (boxed, as is the service: both are large and a resource is one or the other).
     Workload(Box<Workload>),
     /// A service.
-    Service(Service),
+    Service(Box<Service>),
 }
 
 impl FromAddress {
@@ -248,7 +248,9 @@ pub fn address_from_xds(wire: &xds::Address) -> Result<FromAddress, InvalidResou
         Some(AddressType::Workload(workload)) => {
             workload_from_xds(workload).map(|w| FromAddress::Workload(Box::new(w)))
         }
-        Some(AddressType::Service(service)) => service_from_xds(service).map(FromAddress::Service),
+        Some(AddressType::Service(service)) => {
+            service_from_xds(service).map(|s| FromAddress::Service(Box::new(s)))
+        }
         None => Err(InvalidResource {
             resource: ResourceId::Address,
             field: "type".into(),
@@ -295,9 +297,11 @@ fn convert_workload(wire: &xds::Workload) -> Result<Workload, FieldError> {
             return Err(at("tunnel_protocol", ResourceProblem::LegacyIstioMtls));
         }
     };
-    if let Some(gateway) = &wire.waypoint {
-        check_gateway("waypoint", gateway)?;
-    }
+    workload.waypoint = wire
+        .waypoint
+        .as_ref()
+        .map(|gateway| gateway_address("waypoint", gateway))
+        .transpose()?;
     if let Some(gateway) = &wire.network_gateway {
         check_gateway("network_gateway", gateway)?;
     }
@@ -408,9 +412,11 @@ fn convert_service(wire: &xds::Service) -> Result<Service, FieldError> {
             ))
         })
         .collect::<Result<_, _>>()?;
-    if let Some(gateway) = &wire.waypoint {
-        check_gateway("waypoint", gateway)?;
-    }
+    let waypoint = wire
+        .waypoint
+        .as_ref()
+        .map(|gateway| gateway_address("waypoint", gateway))
+        .transpose()?;
     for (i, weighted) in wire.weighted_waypoints.iter().enumerate() {
         let field = format!("weighted_waypoints[{i}].destination");
         match &weighted.destination {
@@ -432,6 +438,7 @@ fn convert_service(wire: &xds::Service) -> Result<Service, FieldError> {
             None => LoadBalancing::default(),
         },
         canonical: wire.canonical,
+        waypoint,
     })
 }
 
@@ -528,9 +535,35 @@ fn network_address(
     }))
 }
 
-/// Validates a waypoint or network gateway at `field`. Nothing is kept: the model does not
-/// route through gateways yet, so traffic goes straight to the workload, past any waypoint and
-/// the L7 policy it would apply (only the destination's L4 policy is enforced).
+/// A waypoint at `field`, kept: outbound traffic to its workload or service goes through it.
+fn gateway_address(field: &str, wire: &xds::GatewayAddress) -> Result<GatewayAddress, FieldError> {
+    check_gateway(field, wire)?;
+    let destination = match &wire.destination {
+        Some(Destination::Hostname(name)) => GatewayDestination::Hostname(NamespacedHostname {
+            namespace: name.namespace.clone(),
+            hostname: name.hostname.clone(),
+        }),
+        Some(Destination::Address(address)) => {
+            match network_address(&format!("{field}.address"), address)? {
+                Some(address) => GatewayDestination::Address(address),
+                None => return Err(at(field, ResourceProblem::NoDestination)),
+            }
+        }
+        None => return Err(at(field, ResourceProblem::NoDestination)),
+    };
+    // 0 is "unset" on the wire; every waypoint listens for HBONE on 15008.
+    let hbone_mtls_port = match u16::try_from(wire.hbone_mtls_port) {
+        Ok(0) | Err(_) => mesh::hbone::HBONE_PORT,
+        Ok(port) => port,
+    };
+    Ok(GatewayAddress {
+        destination,
+        hbone_mtls_port,
+    })
+}
+
+/// Validates a network gateway (or a weighted waypoint) at `field`. Nothing of network
+/// gateways or weighted waypoints is kept yet: the primary `waypoint` is what traffic follows.
 fn check_gateway(field: &str, wire: &xds::GatewayAddress) -> Result<(), FieldError> {
     match &wire.destination {
         None => return Err(at(field, ResourceProblem::NoDestination)),
@@ -645,7 +678,7 @@ impl XdsState {
                 }
                 Ok(FromAddress::Service(service)) => {
                     self.workloads.remove(&name);
-                    self.services.insert(name, service);
+                    self.services.insert(name, *service);
                 }
                 Err(error) => rejected.push((name, error)),
             }

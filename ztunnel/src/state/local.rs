@@ -17,12 +17,13 @@ use mesh::policy::{Authorization, InvalidPolicy, LocalPolicy, PolicySet};
 use serde::Deserialize;
 
 use super::model::{
-    DEFAULT_CLUSTER_ID, DEFAULT_SERVICE_ACCOUNT, HealthPolicy, HealthStatus, IdentityError,
-    LoadBalancerMode, LoadBalancing, Locality, LocalityScope, PortMap, Service, TunnelProtocol,
-    Workload, WorkloadType, default_trust_domain,
+    DEFAULT_CLUSTER_ID, DEFAULT_SERVICE_ACCOUNT, GatewayAddress, HealthPolicy, HealthStatus,
+    IdentityError, LoadBalancerMode, LoadBalancing, Locality, LocalityScope, PortMap, Service,
+    TunnelProtocol, Workload, WorkloadType, default_trust_domain,
 };
 use super::scalars::{
-    IpScalar, PortScalar, SanScalar, ServiceKey, TargetPortScalar, TrustDomainScalar, VipScalar,
+    GatewayDestinationScalar, IpScalar, PortScalar, SanScalar, ServiceKey, TargetPortScalar,
+    TrustDomainScalar, VipScalar,
 };
 use super::snapshot::Snapshot;
 
@@ -370,6 +371,29 @@ struct WorkloadYaml {
     authorization_policies: Vec<String>,
     #[serde(default)]
     services: BTreeMap<ServiceKey, BTreeMap<PortScalar, PortScalar>>,
+    #[serde(default)]
+    waypoint: Option<GatewayYaml>,
+}
+
+/// A waypoint, in `/config_dump`'s shape: `{destination: "network/ip" | "ns/hostname",
+/// hboneMtlsPort: 15008}`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GatewayYaml {
+    destination: GatewayDestinationScalar,
+    #[serde(default)]
+    hbone_mtls_port: Option<PortScalar>,
+}
+
+impl GatewayYaml {
+    fn into_model(self) -> GatewayAddress {
+        GatewayAddress {
+            destination: self.destination.0,
+            hbone_mtls_port: self
+                .hbone_mtls_port
+                .map_or(mesh::hbone::HBONE_PORT, |p| p.0),
+        }
+    }
 }
 
 impl WorkloadYaml {
@@ -406,6 +430,7 @@ impl WorkloadYaml {
         };
         workload.native_tunnel = self.native_tunnel;
         workload.authorization_policies = self.authorization_policies;
+        workload.waypoint = self.waypoint.map(GatewayYaml::into_model);
         workload.services = self
             .services
             .into_iter()
@@ -517,6 +542,8 @@ struct ServiceYaml {
     load_balancer: Option<LoadBalancerYaml>,
     #[serde(default)]
     canonical: bool,
+    #[serde(default)]
+    waypoint: Option<GatewayYaml>,
 }
 
 impl ServiceYaml {
@@ -539,6 +566,7 @@ impl ServiceYaml {
                 .map(LoadBalancerYaml::into_model)
                 .unwrap_or_default(),
             canonical: self.canonical,
+            waypoint: self.waypoint.map(GatewayYaml::into_model),
         })
     }
 }

@@ -23,9 +23,9 @@ pub use directory::{Directory, UpdateStatus, watch_file};
 pub use from_xds::{FromAddress, InvalidResource, XdsState};
 pub use local::{InvalidReason, LocalConfig, LocalConfigError, MAX_LOCAL_CONFIG_BYTES};
 pub use model::{
-    HealthPolicy, HealthStatus, IdentityError, LoadBalancerMode, LoadBalancing, Locality,
-    LocalityScope, NamespacedHostname, NetworkAddress, PortMap, Service, TunnelProtocol, Workload,
-    WorkloadType,
+    GatewayAddress, GatewayDestination, HealthPolicy, HealthStatus, IdentityError,
+    LoadBalancerMode, LoadBalancing, Locality, LocalityScope, NamespacedHostname, NetworkAddress,
+    PortMap, Service, TunnelProtocol, Workload, WorkloadType,
 };
 pub use resolve::{Resolution, RoundRobin, choose, eligible_endpoints, random_pick};
 pub use snapshot::Snapshot;

@@ -175,6 +175,34 @@ impl fmt::Display for NetworkAddress {
     }
 }
 
+/// Where a waypoint (or network gateway) is reached: a pod or service address, or a service
+/// by name (xds.md `GatewayAddress`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum GatewayDestination {
+    /// `network/ip`: a waypoint pod, or its service's VIP.
+    Address(NetworkAddress),
+    /// `namespace/hostname` of the waypoint's service.
+    Hostname(NamespacedHostname),
+}
+
+impl fmt::Display for GatewayDestination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Address(address) => address.fmt(f),
+            Self::Hostname(name) => name.fmt(f),
+        }
+    }
+}
+
+/// A waypoint in front of a workload or service: its destination and HBONE port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GatewayAddress {
+    /// Where it is.
+    pub destination: GatewayDestination,
+    /// Its HBONE port (15008 unless the control plane says otherwise).
+    pub hbone_mtls_port: u16,
+}
+
 /// Which identity part does not fit in a SPIFFE path segment.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {
@@ -243,6 +271,8 @@ pub struct Workload {
     pub services: BTreeMap<NamespacedHostname, PortMap>,
     /// Names (`namespace/name`) of the WORKLOAD_SELECTOR policies attached to it.
     pub authorization_policies: Vec<String>,
+    /// Traffic addressed to this pod's IP goes through this waypoint first.
+    pub waypoint: Option<GatewayAddress>,
 }
 
 impl Workload {
@@ -280,6 +310,7 @@ impl Workload {
             native_tunnel: false,
             services: BTreeMap::new(),
             authorization_policies: Vec::new(),
+            waypoint: None,
         })
     }
 
@@ -408,6 +439,8 @@ pub struct Service {
     pub load_balancing: LoadBalancing,
     /// Preferred when several services claim the same VIP.
     pub canonical: bool,
+    /// Traffic to this service's VIPs goes through this waypoint first.
+    pub waypoint: Option<GatewayAddress>,
 }
 
 impl Service {

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use mesh::identity::SpiffeId;
 
 use super::model::{
-    HealthPolicy, LoadBalancerMode, LocalityScope, NamespacedHostname, Service, Workload,
+    GatewayAddress, GatewayDestination, HealthPolicy, LoadBalancerMode, LocalityScope,
+    NamespacedHostname, Service, Workload,
 };
 use super::snapshot::Snapshot;
 
@@ -53,6 +54,27 @@ pub enum Resolution {
         /// The passthrough service, when the address was one's VIP.
         service: Option<Arc<Service>>,
     },
+    /// The destination has a waypoint: tunnel to one of its instances with the original
+    /// destination, untranslated, as the CONNECT target (hbone.md §8); the waypoint picks the
+    /// endpoint and applies L7 policy.
+    Waypoint {
+        /// The waypoint instance picked.
+        waypoint: Arc<Workload>,
+        /// The waypoint's service, when it was addressed through one (its SANs are accepted).
+        waypoint_service: Option<Arc<Service>>,
+        /// The waypoint's HBONE port.
+        hbone_port: u16,
+        /// The service dialed, when the original destination was its VIP.
+        service: Option<Arc<Service>>,
+    },
+    /// The destination has a waypoint, but no instance of it is known or healthy: refuse rather
+    /// than go around it (that would skip the policy it enforces).
+    WaypointUnavailable {
+        /// The waypoint as the control plane named it (`network/ip` or `namespace/hostname`).
+        waypoint: String,
+        /// What was dialed: `namespace/hostname` of the service, or the workload's uid.
+        destination: String,
+    },
 }
 
 impl Resolution {
@@ -73,9 +95,23 @@ impl Resolution {
                 }
                 ids
             }
-            Self::NoHealthyEndpoint { .. } | Self::NoPort { .. } | Self::Passthrough { .. } => {
-                Vec::new()
+            Self::Waypoint {
+                waypoint,
+                waypoint_service,
+                ..
+            } => {
+                let mut ids = vec![waypoint.identity()];
+                for san in waypoint_service.iter().flat_map(|s| &s.subject_alt_names) {
+                    if !ids.contains(san) {
+                        ids.push(san.clone());
+                    }
+                }
+                ids
             }
+            Self::NoHealthyEndpoint { .. }
+            | Self::NoPort { .. }
+            | Self::Passthrough { .. }
+            | Self::WaypointUnavailable { .. } => Vec::new(),
         }
     }
 }
@@ -103,6 +139,11 @@ impl Snapshot {
         pick: impl FnOnce(usize) -> usize,
     ) -> Resolution {
         if let Some(workload) = self.workload_by_ip(network, dst.ip()) {
+            if let Some(waypoint) = &workload.waypoint
+                && !self.is_instance_of(waypoint, source)
+            {
+                return self.via_waypoint(waypoint, None, workload.uid.clone(), pick);
+            }
             return Resolution::Workload {
                 workload,
                 port: dst.port(),
@@ -111,6 +152,13 @@ impl Snapshot {
         let Some(service) = self.service_by_vip(network, dst.ip()) else {
             return Resolution::Passthrough { service: None };
         };
+        if let Some(waypoint) = &service.waypoint
+            && !self.is_instance_of(waypoint, source)
+        {
+            let destination = service.key().to_string();
+            let waypoint = waypoint.clone();
+            return self.via_waypoint(&waypoint, Some(service), destination, pick);
+        }
         if service.is_passthrough() {
             return Resolution::Passthrough {
                 service: Some(service),
@@ -130,6 +178,71 @@ impl Snapshot {
                 target_port: *target_port,
             },
             None => Resolution::NoHealthyEndpoint { service },
+        }
+    }
+}
+
+impl Snapshot {
+    /// The waypoint's instances: the pod at its address, or the healthy endpoints (on the
+    /// waypoint's network) of the service it names or whose VIP it gives, with that service.
+    fn waypoint_instances(
+        &self,
+        waypoint: &GatewayAddress,
+    ) -> (Vec<Arc<Workload>>, Option<Arc<Service>>) {
+        let service = match &waypoint.destination {
+            GatewayDestination::Address(address) => {
+                if let Some(pod) = self.workload_by_ip(&address.network, address.ip) {
+                    return (vec![pod], None);
+                }
+                self.service_by_vip(&address.network, address.ip)
+            }
+            GatewayDestination::Hostname(key) => self.service(key),
+        };
+        let Some(service) = service else {
+            return (Vec::new(), None);
+        };
+        let network = match &waypoint.destination {
+            GatewayDestination::Address(address) => address.network.as_str(),
+            GatewayDestination::Hostname(_) => "",
+        };
+        let instances = self
+            .endpoints(&service.key())
+            .iter()
+            .filter(|w| w.is_healthy() && w.network == network)
+            .cloned()
+            .collect();
+        (instances, Some(service))
+    }
+
+    /// Whether `source` is itself an instance of `waypoint`: its own traffic to the
+    /// destination must not loop back through it (hbone.md §8).
+    fn is_instance_of(&self, waypoint: &GatewayAddress, source: Option<&Workload>) -> bool {
+        let Some(source) = source else {
+            return false;
+        };
+        let (instances, _) = self.waypoint_instances(waypoint);
+        instances.iter().any(|w| w.uid == source.uid)
+    }
+
+    fn via_waypoint(
+        &self,
+        waypoint: &GatewayAddress,
+        service: Option<Arc<Service>>,
+        destination: String,
+        pick: impl FnOnce(usize) -> usize,
+    ) -> Resolution {
+        let (instances, waypoint_service) = self.waypoint_instances(waypoint);
+        match choose(&instances, pick) {
+            Some(instance) => Resolution::Waypoint {
+                waypoint: Arc::clone(instance),
+                waypoint_service,
+                hbone_port: waypoint.hbone_mtls_port,
+                service,
+            },
+            None => Resolution::WaypointUnavailable {
+                waypoint: waypoint.destination.to_string(),
+                destination,
+            },
         }
     }
 }

@@ -11,7 +11,7 @@ use mesh::identity::{SpiffeId, TrustDomain};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
-use super::model::{NamespacedHostname, NetworkAddress};
+use super::model::{GatewayDestination, NamespacedHostname, NetworkAddress};
 
 /// Decodes a string scalar and converts it. The conversion runs inside the decoder's visit of
 /// the scalar, so its error carries that scalar's own path and line/column.
@@ -65,6 +65,30 @@ pub(super) struct VipScalar(pub(super) NetworkAddress);
 impl<'de> Deserialize<'de> for VipScalar {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         parse_string(deserializer, |text| NetworkAddress::parse(text).map(Self))
+    }
+}
+
+/// A waypoint's `destination`, as `/config_dump` writes it: `network/ip` (a pod or a VIP) or
+/// `namespace/hostname` (a service).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct GatewayDestinationScalar(pub(super) GatewayDestination);
+
+impl<'de> Deserialize<'de> for GatewayDestinationScalar {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        parse_string(deserializer, |text| {
+            let after_slash = text.split_once('/').map_or("", |(_, rest)| rest);
+            if after_slash.parse::<IpAddr>().is_ok() {
+                NetworkAddress::parse(text)
+                    .map(|a| Self(GatewayDestination::Address(a)))
+                    .map_err(|e| e.to_string())
+            } else {
+                NamespacedHostname::parse(text)
+                    .map(|n| Self(GatewayDestination::Hostname(n)))
+                    .map_err(|_| {
+                        format!("{text:?} is neither \"network/ip\" nor \"namespace/hostname\"")
+                    })
+            }
+        })
     }
 }
 

@@ -414,3 +414,35 @@ fn in_pod_mode_adds_each_enrolled_pod_and_whether_its_proxy_serves() {
         "dedicated mode has no workloadState"
     );
 }
+
+#[test]
+fn waypoints_are_written_as_string_destinations() {
+    let config: LocalConfig = r#"
+workloads:
+- uid: c1//Pod/shop/api
+  name: api
+  namespace: shop
+  workloadIps: ["10.0.0.3"]
+  waypoint: {destination: shop/waypoint.shop.svc.cluster.local}
+services:
+- name: api
+  namespace: shop
+  hostname: api.shop.svc.cluster.local
+  vips: ["/10.96.0.10"]
+  waypoint: {destination: /10.96.0.50, hboneMtlsPort: 15008}
+"#
+    .parse()
+    .unwrap_or_else(|e| panic!("fixture: {e}"));
+    let snapshot = config.into_snapshot();
+    let api = snapshot.workload("c1//Pod/shop/api").expect("api");
+    let written = text(&workload(&api));
+    assert!(
+        written.starts_with(r#"{"workloadIps":["10.0.0.3"],"waypoint":{"destination":"shop/waypoint.shop.svc.cluster.local","hboneMtlsPort":15008},"protocol":"TCP""#),
+        "{written}"
+    );
+    let doc = dump(&snapshot, &[]);
+    assert_eq!(
+        doc["services"][0]["waypoint"],
+        json!({"destination": "/10.96.0.50", "hboneMtlsPort": 15008})
+    );
+}

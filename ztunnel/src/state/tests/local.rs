@@ -223,7 +223,7 @@ fn decode_errors_name_field_value_and_line() {
         ),
         (
             workload("waypoint: {destination: /10.0.0.9, hbonheMtlsPort: 15008}"),
-            vec!["unknown field `waypoint`"],
+            vec!["workloads[0].waypoint", "unknown field `hbonheMtlsPort`"],
         ),
         (
             service("ports: {0: 80}"),

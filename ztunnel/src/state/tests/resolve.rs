@@ -224,6 +224,8 @@ fn vips_without_a_usable_endpoint_or_port() {
             Resolution::NoHealthyEndpoint { .. } => "NoHealthyEndpoint",
             Resolution::NoPort { .. } => "NoPort",
             Resolution::Passthrough { .. } => "Passthrough",
+            Resolution::Waypoint { .. } => "Waypoint",
+            Resolution::WaypointUnavailable { .. } => "WaypointUnavailable",
         };
         assert_eq!(kind, want_kind, "{dst}: {got:?}");
         assert_eq!(service_of(&got), want_service, "{dst}");
