@@ -1,5 +1,7 @@
 //! What ztunnel and the waypoint share: SPIFFE identities and their certificates
-//! ([`identity`]), and the mutual-TLS configurations HBONE runs on ([`tls`]).
+//! ([`identity`]), the mutual-TLS configurations HBONE runs on ([`tls`]), and the mesh's
+//! workloads, services and policies as xDS or the local file describe them ([`state`]): both
+//! proxies route by the same index, so it lives here rather than in either binary.
 //!
 //! This crate knows nothing of pods, network namespaces or HTTP routing; those belong to the
 //! binaries that use it.
@@ -14,6 +16,7 @@ pub mod hbone;
 pub mod identity;
 pub mod policy;
 pub mod shutdown;
+pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod xds;

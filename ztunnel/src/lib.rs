@@ -11,4 +11,5 @@ pub mod config;
 pub mod inpod;
 pub mod metrics;
 pub mod proxy;
-pub mod state;
+/// The workload and service index, shared with the waypoint (it lives in `mesh`).
+pub use mesh::state;

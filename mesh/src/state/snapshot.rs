@@ -4,7 +4,7 @@
 //! or awaits. A writer builds a whole new snapshot and swaps it in (see `directory`). Lookups
 //! are keyed by `(network, ip)` through a map per network, so a lookup never allocates.
 
-use mesh::policy::PolicySet;
+use crate::policy::PolicySet;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;

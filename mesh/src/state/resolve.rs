@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use mesh::identity::SpiffeId;
+use crate::identity::SpiffeId;
 
 use super::model::{
     GatewayAddress, GatewayDestination, HealthPolicy, LoadBalancerMode, LocalityScope,

@@ -12,8 +12,8 @@ use std::io::{self, Read};
 use std::path::Path;
 use std::str::FromStr;
 
-use mesh::identity::SpiffeIdError;
-use mesh::policy::{Authorization, InvalidPolicy, LocalPolicy, PolicySet};
+use crate::identity::SpiffeIdError;
+use crate::policy::{Authorization, InvalidPolicy, LocalPolicy, PolicySet};
 use serde::Deserialize;
 
 use super::model::{
@@ -391,7 +391,7 @@ impl GatewayYaml {
             destination: self.destination.0,
             hbone_mtls_port: self
                 .hbone_mtls_port
-                .map_or(mesh::hbone::HBONE_PORT, |p| p.0),
+                .map_or(crate::hbone::HBONE_PORT, |p| p.0),
         }
     }
 }

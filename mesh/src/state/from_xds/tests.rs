@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
-use mesh::identity::{SpiffeId, TrustDomain};
-use mesh::policy::{self, Action, Clause, Match, Rule, ServiceAccountMatch, StringMatch};
+use crate::identity::{SpiffeId, TrustDomain};
+use crate::policy::{self, Action, Clause, Match, Rule, ServiceAccountMatch, StringMatch};
 use prost::Message;
 use serde_yaml_ng::Value;
 use xds_proto::envoy::service::discovery::v3::DeltaDiscoveryResponse;
@@ -558,7 +558,7 @@ fn sfn(mutate: impl Fn(&mut xds::Service) + 'static) -> Box<dyn Fn(&mut xds::Ser
     Box::new(mutate)
 }
 
-fn segment_error(namespace: &str, sa: &str) -> mesh::identity::SpiffeIdError {
+fn segment_error(namespace: &str, sa: &str) -> crate::identity::SpiffeIdError {
     SpiffeId::istio(&default_trust_domain(), namespace, sa).unwrap_err()
 }
 

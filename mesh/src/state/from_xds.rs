@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use mesh::identity::{SpiffeId, SpiffeIdError, TrustDomain};
-use mesh::policy::{self, Authorization, PolicySet};
+use crate::identity::{SpiffeId, SpiffeIdError, TrustDomain};
+use crate::policy::{self, Authorization, PolicySet};
 use xds_proto::istio::security as xds_security;
 use xds_proto::istio::workload as xds;
 use xds_proto::istio::workload::address::Type as AddressType;
@@ -553,7 +553,7 @@ fn gateway_address(field: &str, wire: &xds::GatewayAddress) -> Result<GatewayAdd
     };
     // 0 is "unset" on the wire; every waypoint listens for HBONE on 15008.
     let hbone_mtls_port = match u16::try_from(wire.hbone_mtls_port) {
-        Ok(0) | Err(_) => mesh::hbone::HBONE_PORT,
+        Ok(0) | Err(_) => crate::hbone::HBONE_PORT,
         Ok(port) => port,
     };
     Ok(GatewayAddress {

@@ -4,7 +4,7 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use mesh::identity::SpiffeId;
+use crate::identity::SpiffeId;
 
 use super::super::model::{NamespacedHostname, TunnelProtocol, Workload};
 use super::super::resolve::{Resolution, RoundRobin, choose, random_pick};

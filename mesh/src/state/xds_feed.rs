@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use mesh::xds::{Delta, Rejection, XdsHandler};
+use crate::xds::{Delta, Rejection, XdsHandler};
 use prost::Message;
 use tracing::{debug, info, warn};
 use xds_proto::istio::security::Authorization;

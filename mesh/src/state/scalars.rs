@@ -7,7 +7,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use mesh::identity::{SpiffeId, TrustDomain};
+use crate::identity::{SpiffeId, TrustDomain};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 

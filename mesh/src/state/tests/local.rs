@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 
-use mesh::identity::{SpiffeId, SpiffeIdError};
+use crate::identity::{SpiffeId, SpiffeIdError};
 
 use super::super::local::{InvalidReason, LocalConfig, LocalConfigError};
 use super::super::model::{

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use mesh::identity::{SpiffeId, SpiffeIdError, TrustDomain};
+use crate::identity::{SpiffeId, SpiffeIdError, TrustDomain};
 
 /// Service port → target port. On a [`Service`], a target of 0 means "the endpoint's own
 /// mapping decides" (a named `targetPort`); on a workload's `services` entry it never is 0.
