@@ -517,7 +517,10 @@ impl Mesh {
             name,
             PathBuf::from("ip"),
             &full,
-            &[("RUST_LOG", "info,ztunnel=debug".to_owned())],
+            &[(
+                "RUST_LOG",
+                "info,ztunnel=debug,mesh::state=debug".to_owned(),
+            )],
         )
     }
 

@@ -202,7 +202,10 @@ impl World {
             "ztunnel",
             binary("ztunnel"),
             &args,
-            &[("RUST_LOG", "info,ztunnel=debug".to_owned())],
+            &[(
+                "RUST_LOG",
+                "info,ztunnel=debug,mesh::state=debug".to_owned(),
+            )],
         );
         ztunnel.wait_for_line("ztunnel ready").await;
         ztunnel

@@ -161,9 +161,11 @@ where
         let metadata = event.metadata();
         let mut fields = Fields::default();
         event.record(&mut fields);
-        let target = metadata
-            .target()
-            .strip_prefix("ztunnel::")
+        // The scope without the crate: `state::xds_feed`, `proxy::inbound`, whichever crate
+        // the module lives in.
+        let target = ["ztunnel::", "mesh::"]
+            .iter()
+            .find_map(|krate| metadata.target().strip_prefix(krate))
             .unwrap_or(metadata.target());
         let level = metadata.level().as_str().to_ascii_lowercase();
         let time = timestamp();
