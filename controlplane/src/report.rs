@@ -90,7 +90,9 @@ pub fn plaintext(samples: &[Sample], ztunnels: usize, window: Option<String>) ->
             sample.label("destination_workload_namespace").to_owned(),
             sample.label("destination_workload").to_owned(),
         );
-        let plaintext = sample.label("connection_security_policy") == "none";
+        // Only a proven mTLS hop is mTLS: upstream ztunnel labels accepted plaintext `unknown`
+        // (ours `none`), and a report reading either must not call plaintext ready for STRICT.
+        let plaintext = sample.label("connection_security_policy") != "mutual_tls";
         let count = count(sample.value);
         match sample.name.as_str() {
             OPENED => {
@@ -287,7 +289,10 @@ impl fmt::Display for DryRunReport {
             .policies
             .iter()
             .filter(|(_, o)| o.would_deny > 0)
-            .map(|((p, _), _)| p.as_str())
+            .map(|((p, _), _)| match p.as_str() {
+                "none" => "the dry-run ALLOW policies (none matched)",
+                policy => policy,
+            })
             .collect();
         if denying.is_empty() {
             writeln!(
@@ -297,7 +302,7 @@ impl fmt::Display for DryRunReport {
         } else {
             writeln!(
                 f,
-                "Enforcing would deny connections that were allowed: {}. Who: the ztunnel log lines \"dry-run verdict\" (verdict=\"deny\").",
+                "Enforcing would deny connections: {}. Who: the ztunnel log lines \"dry-run verdict\" (verdict=\"deny\").",
                 denying.join(", ")
             )
         }

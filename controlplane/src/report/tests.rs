@@ -76,10 +76,22 @@ fn dry_run_policies_report_what_they_would_have_denied() {
     assert!(text.contains("(no dry-run ALLOW policy matched)"), "{text}");
     assert!(
         text.contains(
-            "Enforcing would deny connections that were allowed: none, storefront/no-legacy"
+            "Enforcing would deny connections: the dry-run ALLOW policies (none matched), storefront/no-legacy"
         ),
         "{text}"
     );
+}
+
+#[test]
+fn plaintext_labelled_unknown_by_upstream_ztunnel_is_still_plaintext() {
+    let upstream = parse(
+        "istio_tcp_connections_opened_total{reporter=\"destination\",source_workload=\"legacy\",source_workload_namespace=\"legacy\",destination_workload=\"catalog\",destination_workload_namespace=\"storefront\",connection_security_policy=\"unknown\",response_flags=\"-\"} 4\n",
+    )
+    .unwrap();
+    let report = plaintext(&upstream, 1, None);
+    let catalog = &report.workloads[&("storefront".to_owned(), "catalog".to_owned())];
+    assert_eq!((catalog.mtls, catalog.plaintext()), (0, 4));
+    assert!(report.would_break().contains_key("storefront"));
 }
 
 #[test]

@@ -56,9 +56,14 @@ impl Collector for CertStoreCollector {
         let mut expiring = Vec::new();
         for (identity, state) in &states {
             let slot = match state {
-                CertState::Available { cert, .. } => {
+                CertState::Available { cert, expires_at } => {
                     expiring.push((identity.to_string(), unix_seconds(cert.leaf().not_after)));
-                    0
+                    // Held past its end, the store refuses to serve it: not available.
+                    if *expires_at <= tokio::time::Instant::now() {
+                        2
+                    } else {
+                        0
+                    }
                 }
                 CertState::Initializing => 1,
                 CertState::Unavailable(_) => 2,

@@ -140,9 +140,9 @@ impl Snapshot {
     ) -> Resolution {
         if let Some(workload) = self.workload_by_ip(network, dst.ip()) {
             if let Some(waypoint) = &workload.waypoint
-                && !self.is_instance_of(waypoint, source)
+                && !self.is_instance_of(waypoint, network, source)
             {
-                return self.via_waypoint(waypoint, None, workload.uid.clone(), pick);
+                return self.via_waypoint(waypoint, network, None, workload.uid.clone(), pick);
             }
             return Resolution::Workload {
                 workload,
@@ -153,11 +153,11 @@ impl Snapshot {
             return Resolution::Passthrough { service: None };
         };
         if let Some(waypoint) = &service.waypoint
-            && !self.is_instance_of(waypoint, source)
+            && !self.is_instance_of(waypoint, network, source)
         {
             let destination = service.key().to_string();
             let waypoint = waypoint.clone();
-            return self.via_waypoint(&waypoint, Some(service), destination, pick);
+            return self.via_waypoint(&waypoint, network, Some(service), destination, pick);
         }
         if service.is_passthrough() {
             return Resolution::Passthrough {
@@ -183,56 +183,66 @@ impl Snapshot {
 }
 
 impl Snapshot {
-    /// The waypoint's instances: the pod at its address, or the healthy endpoints (on the
-    /// waypoint's network) of the service it names or whose VIP it gives, with that service.
+    /// Every instance of the waypoint, healthy or not: the pod at its address, or the endpoints
+    /// of the service it names or whose VIP it gives (on the address's network, or on
+    /// `network`, the caller's, for a name), with that service.
     fn waypoint_instances(
         &self,
         waypoint: &GatewayAddress,
+        network: &str,
     ) -> (Vec<Arc<Workload>>, Option<Arc<Service>>) {
-        let service = match &waypoint.destination {
+        let (service, network) = match &waypoint.destination {
             GatewayDestination::Address(address) => {
                 if let Some(pod) = self.workload_by_ip(&address.network, address.ip) {
                     return (vec![pod], None);
                 }
-                self.service_by_vip(&address.network, address.ip)
+                let vip = self.service_by_vip(&address.network, address.ip);
+                (vip, address.network.as_str())
             }
-            GatewayDestination::Hostname(key) => self.service(key),
+            GatewayDestination::Hostname(key) => (self.service(key), network),
         };
         let Some(service) = service else {
             return (Vec::new(), None);
         };
-        let network = match &waypoint.destination {
-            GatewayDestination::Address(address) => address.network.as_str(),
-            GatewayDestination::Hostname(_) => "",
-        };
         let instances = self
             .endpoints(&service.key())
             .iter()
-            .filter(|w| w.is_healthy() && w.network == network)
+            .filter(|w| w.network == network)
             .cloned()
             .collect();
         (instances, Some(service))
     }
 
-    /// Whether `source` is itself an instance of `waypoint`: its own traffic to the
-    /// destination must not loop back through it (hbone.md §8).
-    fn is_instance_of(&self, waypoint: &GatewayAddress, source: Option<&Workload>) -> bool {
+    /// Whether `source` is itself an instance of `waypoint` (ready or not): its own traffic to
+    /// the destination must not loop back through a waypoint (hbone.md §8).
+    fn is_instance_of(
+        &self,
+        waypoint: &GatewayAddress,
+        network: &str,
+        source: Option<&Workload>,
+    ) -> bool {
         let Some(source) = source else {
             return false;
         };
-        let (instances, _) = self.waypoint_instances(waypoint);
+        let (instances, _) = self.waypoint_instances(waypoint, network);
         instances.iter().any(|w| w.uid == source.uid)
     }
 
     fn via_waypoint(
         &self,
         waypoint: &GatewayAddress,
+        network: &str,
         service: Option<Arc<Service>>,
         destination: String,
         pick: impl FnOnce(usize) -> usize,
     ) -> Resolution {
-        let (instances, waypoint_service) = self.waypoint_instances(waypoint);
-        match choose(&instances, pick) {
+        let (instances, waypoint_service) = self.waypoint_instances(waypoint, network);
+        // Only a ready instance takes traffic; a pod named by address is taken as it is.
+        let ready: Vec<&Arc<Workload>> = instances
+            .iter()
+            .filter(|w| w.is_healthy() || waypoint_service.is_none())
+            .collect();
+        match choose(&ready, pick) {
             Some(instance) => Resolution::Waypoint {
                 waypoint: Arc::clone(instance),
                 waypoint_service,

@@ -31,8 +31,13 @@ pub(super) fn certificates(identity: &SpiffeId, state: &CertState) -> CertsDump 
     let (state, chain, roots) = match state {
         CertState::Initializing => ("Initializing".to_owned(), Vec::new(), Vec::new()),
         CertState::Unavailable(cause) => (format!("Unavailable: {cause}"), Vec::new(), Vec::new()),
-        CertState::Available { cert, .. } => (
-            "Available".to_owned(),
+        CertState::Available { cert, expires_at } => (
+            // The store refuses to serve a certificate past its end, whatever the worker does.
+            if *expires_at <= tokio::time::Instant::now() {
+                "Unavailable: expired".to_owned()
+            } else {
+                "Available".to_owned()
+            },
             cert.chain().iter().filter_map(cert_dump).collect(),
             cert.roots().iter().filter_map(cert_dump).collect(),
         ),

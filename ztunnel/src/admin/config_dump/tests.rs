@@ -221,7 +221,7 @@ fn certificates_are_base64_pem_with_decimal_serials_and_rfc3339_times() {
             web.clone(),
             CertState::Available {
                 cert: Arc::new(cert.clone()),
-                expires_at: tokio::time::Instant::now(),
+                expires_at: tokio::time::Instant::now() + Duration::from_secs(3600),
             },
         ),
     ];
@@ -239,6 +239,18 @@ fn certificates_are_base64_pem_with_decimal_serials_and_rfc3339_times() {
     let available = &doc["certificates"][1];
     assert_eq!(available["identity"], web.to_string());
     assert_eq!(available["state"], "Available");
+    // Held past its end (the store would refuse to serve it): not available.
+    let expired = [(
+        web.clone(),
+        CertState::Available {
+            cert: Arc::new(cert.clone()),
+            expires_at: tokio::time::Instant::now(),
+        },
+    )];
+    assert_eq!(
+        dump(&Snapshot::empty(), &expired)["certificates"][0]["state"],
+        "Unavailable: expired"
+    );
     let leaf = &available["certChain"][0];
     let pem = base64::engine::general_purpose::STANDARD
         .decode(leaf["pem"].as_str().expect("pem is a string"))

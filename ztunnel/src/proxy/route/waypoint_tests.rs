@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use super::*;
-use crate::state::{LocalConfig, Snapshot};
+use crate::state::{LocalConfig, Resolution, Snapshot};
 
 const WORLD: &str = r#"
 workloads:
@@ -21,6 +21,15 @@ workloads:
   serviceAccount: waypoint
   workloadIps: ["10.0.0.50"]
   protocol: HBONE
+  services:
+    "shop/waypoint.shop.svc.cluster.local": {15008: 15008}
+- uid: Kubernetes//Pod/shop/waypoint-2
+  name: waypoint-2
+  namespace: shop
+  serviceAccount: waypoint
+  workloadIps: ["10.0.0.51"]
+  protocol: HBONE
+  status: Unhealthy
   services:
     "shop/waypoint.shop.svc.cluster.local": {15008: 15008}
 - uid: Kubernetes//Pod/shop/api
@@ -124,9 +133,54 @@ fn clients_tunnel_to_the_waypoint_with_the_original_destination() {
 }
 
 #[test]
+fn an_unready_waypoint_instance_takes_no_traffic() {
+    let snap = LocalConfig::parse(WORLD, "test").unwrap().into_snapshot();
+    let web = snap
+        .workload_by_ip("", "10.0.0.2".parse().unwrap())
+        .unwrap();
+    for pick in 0..4 {
+        let resolution =
+            snap.resolve_destination_with("", addr("10.96.0.10:80"), Some(&web), |_| pick);
+        match resolution {
+            Resolution::Waypoint { waypoint, .. } => assert_eq!(waypoint.name, "waypoint-1"),
+            other => panic!("pick {pick}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_waypoint_named_by_hostname_is_found_on_the_callers_network() {
+    let on_net1 = WORLD
+        .replace(
+            "  protocol: HBONE\n",
+            "  protocol: HBONE\n  network: net1\n",
+        )
+        .replace("\"/10.96.", "\"net1/10.96.")
+        .replace("destination: /10.", "destination: net1/10.");
+    let snap = LocalConfig::parse(&on_net1, "test")
+        .unwrap()
+        .into_snapshot();
+    let web = snap
+        .workload_by_ip("net1", "10.0.0.2".parse().unwrap())
+        .unwrap();
+    let original = addr("10.0.0.3:8080");
+    let resolution = snap.resolve_destination("net1", original, Some(&web));
+    match &resolution {
+        Resolution::Waypoint { waypoint, .. } => assert_eq!(waypoint.name, "waypoint-1"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn the_waypoint_itself_goes_straight_to_the_destination() {
     let snap = LocalConfig::parse(WORLD, "test").unwrap().into_snapshot();
     let api = id("spiffe://cluster.local/ns/shop/sa/api");
+    // An instance that is not ready is still the waypoint: its traffic does not loop.
+    let from_unready = plan_from(&snap, "10.0.0.51", "10.0.0.3:8080");
+    assert!(
+        matches!(&from_unready, Ok(Plan::Hbone { next_hop, .. }) if *next_hop == addr("10.0.0.3:15008")),
+        "{from_unready:?}"
+    );
     assert_eq!(
         plan_from(&snap, "10.0.0.50", "10.96.0.10:80"),
         Ok(Plan::Hbone {
