@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use e2e::apps::{Behaviour, Server, checksum, connect_from, exchange, payload};
 use e2e::world::{Service, Workload, World};
 use e2e::{WAIT, in_private_netns, install_capture};
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -107,6 +108,13 @@ fn metrics_access_log_readiness_and_admin_tell_what_crossed() {
         );
         install_capture(&[WEB], &[API]);
         let _api = Server::start(at(API, 8080), Behaviour::Echo).await;
+        // The usual soft default, under a higher hard limit: ztunnel must raise it itself.
+        let (_, hard_files) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        assert!(
+            hard_files > 1024,
+            "this test needs a hard open-files limit above 1024"
+        );
+        setrlimit(Resource::RLIMIT_NOFILE, 1024, hard_files).unwrap();
         let mut ztunnel = world.start_ztunnel().await;
         let (status, body) = http(15021, "GET", "/healthz/ready").await;
         assert_eq!((status, body.as_str()), (200, "ready\n"));
@@ -206,6 +214,11 @@ fn metrics_access_log_readiness_and_admin_tell_what_crossed() {
             "{metrics}"
         );
         assert!(metrics.contains("process_open_fds "), "{metrics}");
+        // ztunnel raised the soft open-files limit it inherited (1024) to the hard one.
+        assert!(
+            metrics.contains(&format!("process_max_fds {hard_files}\n")),
+            "process_max_fds is not the hard limit {hard_files}:\n{metrics}"
+        );
         assert!(metrics.ends_with("# EOF\n"));
 
         // The access log: one record per connection, upstream's fields.

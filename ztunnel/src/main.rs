@@ -49,6 +49,22 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Raises the soft open-files limit to the hard one, as upstream does. Every proxied
+/// connection holds at least two sockets, so the usual soft default (1024) would cap a node at
+/// a few hundred connections while the kernel allows far more; failing to raise it is logged,
+/// not fatal.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "open files limit raised"),
+            Err(err) => warn!(soft, hard, error = %err, "cannot raise the open files limit"),
+        },
+        Ok(_) => {}
+        Err(err) => warn!(error = %err, "cannot read the open files limit"),
+    }
+}
+
 fn run_node_agent(config: ztunnel::agent::AgentConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -65,6 +81,7 @@ fn run_node_agent(config: ztunnel::agent::AgentConfig) -> anyhow::Result<()> {
 }
 
 fn run_proxy(config: Config, logs: LogControl) -> anyhow::Result<()> {
+    raise_open_files_limit();
     // Opened on the main thread before any runtime exists, so it is this process's own
     // namespace: every thread that makes a pod's socket comes back to it.
     let host = match config.proxy_mode {
