@@ -141,12 +141,14 @@ fn count(value: f64) -> u64 {
     value.round() as u64
 }
 
+/// What the counts cover: `since each started`, or `over 10m` for a two-scrape window.
+fn window_phrase(window: Option<&str>) -> String {
+    window.map_or_else(|| "since each started".to_owned(), |w| format!("over {w}"))
+}
+
 impl fmt::Display for PlaintextReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let window = self
-            .window
-            .as_ref()
-            .map_or_else(|| "since each started".to_owned(), |w| format!("over {w}"));
+        let window = window_phrase(self.window.as_deref());
         writeln!(
             f,
             "Connections received, as counted by {} ztunnel(s) {window} (reporter=destination):",
@@ -258,10 +260,7 @@ pub fn dry_run(samples: &[Sample], ztunnels: usize, window: Option<String>) -> D
 
 impl fmt::Display for DryRunReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let window = self
-            .window
-            .as_ref()
-            .map_or_else(|| "since each started".to_owned(), |w| format!("over {w}"));
+        let window = window_phrase(self.window.as_deref());
         writeln!(
             f,
             "Dry-run authorization, as counted by {} ztunnel(s) {window} (istio_authz_dry_run_total):",

@@ -140,9 +140,9 @@ impl Snapshot {
     ) -> Resolution {
         if let Some(workload) = self.workload_by_ip(network, dst.ip()) {
             if let Some(waypoint) = &workload.waypoint
-                && !self.is_instance_of(waypoint, network, source)
+                && let Some(instances) = self.waypoint_for(waypoint, network, source)
             {
-                return self.via_waypoint(waypoint, network, None, workload.uid.clone(), pick);
+                return via_waypoint(waypoint, instances, None, &workload.uid, pick);
             }
             return Resolution::Workload {
                 workload,
@@ -153,11 +153,16 @@ impl Snapshot {
             return Resolution::Passthrough { service: None };
         };
         if let Some(waypoint) = &service.waypoint
-            && !self.is_instance_of(waypoint, network, source)
+            && let Some(instances) = self.waypoint_for(waypoint, network, source)
         {
             let destination = service.key().to_string();
-            let waypoint = waypoint.clone();
-            return self.via_waypoint(&waypoint, network, Some(service), destination, pick);
+            return via_waypoint(
+                waypoint,
+                instances,
+                Some(Arc::clone(&service)),
+                &destination,
+                pick,
+            );
         }
         if service.is_passthrough() {
             return Resolution::Passthrough {
@@ -182,15 +187,14 @@ impl Snapshot {
     }
 }
 
+/// A waypoint's instances (ready or not), and the service they were found through.
+type WaypointInstances = (Vec<Arc<Workload>>, Option<Arc<Service>>);
+
 impl Snapshot {
     /// Every instance of the waypoint, healthy or not: the pod at its address, or the endpoints
     /// of the service it names or whose VIP it gives (on the address's network, or on
     /// `network`, the caller's, for a name), with that service.
-    fn waypoint_instances(
-        &self,
-        waypoint: &GatewayAddress,
-        network: &str,
-    ) -> (Vec<Arc<Workload>>, Option<Arc<Service>>) {
+    fn waypoint_instances(&self, waypoint: &GatewayAddress, network: &str) -> WaypointInstances {
         let (service, network) = match &waypoint.destination {
             GatewayDestination::Address(address) => {
                 if let Some(pod) = self.workload_by_ip(&address.network, address.ip) {
@@ -213,47 +217,45 @@ impl Snapshot {
         (instances, Some(service))
     }
 
-    /// Whether `source` is itself an instance of `waypoint` (ready or not): its own traffic to
-    /// the destination must not loop back through a waypoint (hbone.md §8).
-    fn is_instance_of(
+    /// The waypoint's instances and service, or `None` when `source` is itself one of them
+    /// (ready or not): a waypoint's own traffic to the destination must not loop back through
+    /// a waypoint (hbone.md §8). One lookup answers both.
+    fn waypoint_for(
         &self,
         waypoint: &GatewayAddress,
         network: &str,
         source: Option<&Workload>,
-    ) -> bool {
-        let Some(source) = source else {
-            return false;
-        };
-        let (instances, _) = self.waypoint_instances(waypoint, network);
-        instances.iter().any(|w| w.uid == source.uid)
+    ) -> Option<WaypointInstances> {
+        let found = self.waypoint_instances(waypoint, network);
+        let is_instance = source.is_some_and(|src| found.0.iter().any(|w| w.uid == src.uid));
+        (!is_instance).then_some(found)
     }
+}
 
-    fn via_waypoint(
-        &self,
-        waypoint: &GatewayAddress,
-        network: &str,
-        service: Option<Arc<Service>>,
-        destination: String,
-        pick: impl FnOnce(usize) -> usize,
-    ) -> Resolution {
-        let (instances, waypoint_service) = self.waypoint_instances(waypoint, network);
-        // Only a ready instance takes traffic; a pod named by address is taken as it is.
-        let ready: Vec<&Arc<Workload>> = instances
-            .iter()
-            .filter(|w| w.is_healthy() || waypoint_service.is_none())
-            .collect();
-        match choose(&ready, pick) {
-            Some(instance) => Resolution::Waypoint {
-                waypoint: Arc::clone(instance),
-                waypoint_service,
-                hbone_port: waypoint.hbone_mtls_port,
-                service,
-            },
-            None => Resolution::WaypointUnavailable {
-                waypoint: waypoint.destination.to_string(),
-                destination,
-            },
-        }
+/// Through one ready instance of `waypoint`, or refused when there is none. A pod named by
+/// address (no waypoint service) is taken as it is.
+fn via_waypoint(
+    waypoint: &GatewayAddress,
+    (instances, waypoint_service): WaypointInstances,
+    service: Option<Arc<Service>>,
+    destination: &str,
+    pick: impl FnOnce(usize) -> usize,
+) -> Resolution {
+    let ready: Vec<&Arc<Workload>> = instances
+        .iter()
+        .filter(|w| w.is_healthy() || waypoint_service.is_none())
+        .collect();
+    match choose(&ready, pick) {
+        Some(instance) => Resolution::Waypoint {
+            waypoint: Arc::clone(instance),
+            waypoint_service,
+            hbone_port: waypoint.hbone_mtls_port,
+            service,
+        },
+        None => Resolution::WaypointUnavailable {
+            waypoint: waypoint.destination.to_string(),
+            destination: destination.to_owned(),
+        },
     }
 }
 
