@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "istio/security/authorization.proto",
     "istio/v1/auth/ca.proto",
     "istio/workload/zds/zds.proto",
+    "mesh/waypoint/v1/waypoint.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,0 +1,1 @@
+//! JWT request authentication (RequestAuthentication `jwtRules`).
