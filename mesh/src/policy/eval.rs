@@ -12,6 +12,7 @@ use crate::identity::SpiffeId;
 
 use super::matching::{Facts, policy_matches};
 use super::model::{Action, Authorization, PolicyKey};
+use super::request::RequestAttrs;
 
 /// The L4 attributes of one inbound connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,12 +141,28 @@ pub fn evaluate<'a>(
     policies: impl IntoIterator<Item = &'a Authorization>,
     attrs: &ConnectionAttrs,
 ) -> Decision {
-    let facts = Facts::of(attrs);
+    decide_with(policies, &Facts::of(attrs))
+}
+
+/// [`evaluate`] for one HTTP request at a waypoint: the same order, with the L7 conditions
+/// evaluated against `request`.
+pub fn evaluate_request<'a>(
+    policies: impl IntoIterator<Item = &'a Authorization>,
+    attrs: &ConnectionAttrs,
+    request: &RequestAttrs<'_>,
+) -> Decision {
+    decide_with(policies, &Facts::with_request(attrs, Some(request)))
+}
+
+fn decide_with<'a>(
+    policies: impl IntoIterator<Item = &'a Authorization>,
+    facts: &Facts<'_>,
+) -> Decision {
     let outcomes: Vec<Outcome<'a>> = policies
         .into_iter()
         .map(|policy| Outcome {
             policy,
-            matched: policy_matches(policy, &facts),
+            matched: policy_matches(policy, facts),
         })
         .collect();
 

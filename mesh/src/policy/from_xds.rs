@@ -16,6 +16,7 @@ use super::error::{EntryError, FieldPath, InvalidPolicy, Problem, convert_rule};
 use super::model::{
     Action, Authorization, Match, PolicyKey, Scope, ServiceAccountMatch, StringMatch,
 };
+use super::request::RequestMatch;
 
 impl TryFrom<&pb::Authorization> for Authorization {
     type Error = InvalidPolicy;
@@ -76,6 +77,7 @@ fn convert_match(wire: &pb::Match) -> Result<Match, EntryError> {
         not_destination_ips: list("not_destination_ips", &wire.not_destination_ips, address)?,
         destination_ports: list("destination_ports", &wire.destination_ports, port)?,
         not_destination_ports: list("not_destination_ports", &wire.not_destination_ports, port)?,
+        request: RequestMatch::default(),
     })
 }
 
@@ -128,6 +130,8 @@ fn address(wire: &pb::Address) -> Result<IpNet, Problem> {
 fn port(wire: &u32) -> Result<u16, Problem> {
     u16::try_from(*wire).map_err(|_| Problem::PortOutOfRange(*wire))
 }
+
+mod l7;
 
 #[cfg(test)]
 mod tests;

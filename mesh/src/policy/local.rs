@@ -19,6 +19,7 @@ use super::error::{EntryError, FieldPath, InvalidPolicy, Problem, convert_rule};
 use super::model::{
     Action, Authorization, Match, PolicyKey, Scope, ServiceAccountMatch, StringMatch,
 };
+use super::request::RequestMatch;
 
 /// One entry of `policies:` in the local configuration file. Convert it with
 /// [`Authorization::try_from`].
@@ -144,6 +145,7 @@ fn convert_match(m: &LocalMatch) -> Result<Match, EntryError> {
         not_destination_ips: cidrs(&m.not_destination_ips),
         destination_ports: m.destination_ports.clone(),
         not_destination_ports: m.not_destination_ports.clone(),
+        request: RequestMatch::default(),
     })
 }
 

@@ -10,6 +10,7 @@ use crate::identity::SpiffeId;
 
 use super::eval::ConnectionAttrs;
 use super::model::{Authorization, Clause, Match, Rule};
+use super::request::{RequestAttrs, request_holds};
 
 /// The connection's attributes in the form the matchers compare against, computed once per
 /// evaluation rather than once per condition.
@@ -23,10 +24,19 @@ pub(super) struct Facts<'a> {
     source_ip: IpAddr,
     destination_ip: IpAddr,
     destination_port: u16,
+    /// The HTTP request, at a waypoint.
+    request: Option<&'a RequestAttrs<'a>>,
 }
 
 impl<'a> Facts<'a> {
     pub(super) fn of(attrs: &'a ConnectionAttrs) -> Self {
+        Self::with_request(attrs, None)
+    }
+
+    pub(super) fn with_request(
+        attrs: &'a ConnectionAttrs,
+        request: Option<&'a RequestAttrs<'a>>,
+    ) -> Self {
         let identity = attrs.source_identity.as_ref();
         let service_account = identity.and_then(SpiffeId::istio_parts);
         Self {
@@ -38,6 +48,7 @@ impl<'a> Facts<'a> {
             source_ip: attrs.source_ip.to_canonical(),
             destination_ip: attrs.destination_ip.to_canonical(),
             destination_port: attrs.destination_port,
+            request,
         }
     }
 }
@@ -76,7 +87,7 @@ fn match_holds(m: &Match, facts: &Facts<'_>) -> bool {
         net.contains(&facts.destination_ip)
     }) && lists_hold(&m.destination_ports, &m.not_destination_ports, |port| {
         *port == facts.destination_port
-    })
+    }) && request_holds(&m.request, facts.request)
 }
 
 /// A positive list holds when empty or when one element hits; a negative list holds when no

@@ -13,6 +13,7 @@ mod from_xds;
 mod local;
 mod matching;
 mod model;
+mod request;
 mod set;
 
 #[cfg(test)]
@@ -21,10 +22,12 @@ mod fixtures;
 pub use error::{FieldPath, InvalidPolicy, Problem};
 pub use eval::{
     AllowSetOutcome, Checked, ConnectionAttrs, Decision, DenyReason, DryRunReport, Verdict,
-    evaluate,
+    evaluate, evaluate_request,
 };
 pub use local::LocalPolicy;
 pub use model::{
-    Action, Authorization, Clause, Match, PolicyKey, Rule, Scope, ServiceAccountMatch, StringMatch,
+    Action, Authorization, Clause, Match, PolicyKey, PolicyTarget, Rule, Scope,
+    ServiceAccountMatch, StringMatch, TargetKind, TargetedPolicy,
 };
+pub use request::{ClaimMatch, HeaderMatch, RequestAttrs, RequestAuth, RequestMatch};
 pub use set::{Applicable, PolicySet, applicable};

@@ -1,4 +1,4 @@
-//! The L4 authorization model, independent of both the wire types and the local YAML shape.
+//! The authorization model (L4 conditions, plus the L7 ones of [`RequestMatch`]), independent of both the wire types and the local YAML shape.
 //!
 //! Everything that reaches this model has already been validated (by `from_xds` or `local`), so
 //! evaluation never has to guess what a half-formed entry was meant to say: an IP range is a real
@@ -8,6 +8,8 @@ use std::borrow::Borrow;
 use std::fmt;
 
 use ipnet::IpNet;
+
+use super::request::RequestMatch;
 
 /// A policy's resource name, `<namespace>/<name>`: the key in xDS, in a workload's
 /// `authorization_policies` list, and in every log line that names a policy.
@@ -72,6 +74,9 @@ pub enum Scope {
     Namespace,
     /// Only workloads that list the policy by name.
     WorkloadSelector,
+    /// Bound by `targetRefs` to a waypoint's Gateway or to Services: never applies to a
+    /// workload at ztunnel; the waypoint selects it by its targets.
+    Targeted,
 }
 
 /// What a matching policy does. L4 has no AUDIT or CUSTOM: istiod never sends them to ztunnel.
@@ -126,6 +131,8 @@ pub struct Match {
     pub destination_ports: Vec<u16>,
     /// Destination port is none of these.
     pub not_destination_ports: Vec<u16>,
+    /// HTTP conditions (waypoint only; never set by the ztunnel conversions).
+    pub request: RequestMatch,
 }
 
 impl Match {
@@ -144,6 +151,7 @@ impl Match {
             && self.not_destination_ips.is_empty()
             && self.destination_ports.is_empty()
             && self.not_destination_ports.is_empty()
+            && self.request.is_empty()
     }
 }
 
@@ -179,4 +187,33 @@ pub struct ServiceAccountMatch {
     pub namespace: String,
     /// Service account.
     pub service_account: String,
+}
+
+/// A waypoint policy: an [`Authorization`] (scope [`Scope::Targeted`]) and what it is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetedPolicy {
+    /// The Gateways, Services or GatewayClass of `targetRefs`, in the policy's namespace.
+    pub targets: Vec<PolicyTarget>,
+    /// The policy itself.
+    pub authorization: Authorization,
+}
+
+/// One `targetRefs` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PolicyTarget {
+    /// What kind of object.
+    pub kind: TargetKind,
+    /// Its name, in the policy's namespace.
+    pub name: String,
+}
+
+/// The kinds of object a waypoint policy can be bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TargetKind {
+    /// A waypoint's Gateway: everything it serves.
+    Gateway,
+    /// A Service: requests addressed to it.
+    Service,
+    /// The waypoint GatewayClass (root namespace only): every waypoint.
+    GatewayClass,
 }

@@ -75,7 +75,7 @@ pub fn applicable<'a>(
         .filter(|(_, policy)| match policy.scope {
             Scope::Global => true,
             Scope::Namespace => policy.namespace == workload_namespace,
-            Scope::WorkloadSelector => false,
+            Scope::WorkloadSelector | Scope::Targeted => false,
         })
         .collect();
     let mut unknown = Vec::new();

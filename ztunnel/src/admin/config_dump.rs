@@ -504,6 +504,7 @@ fn policy(p: &Authorization) -> PolicyDump<'_> {
             Scope::Global => "Global",
             Scope::Namespace => "Namespace",
             Scope::WorkloadSelector => "WorkloadSelector",
+            Scope::Targeted => "Targeted",
         },
         action: match p.action {
             Action::Allow => "Allow",

@@ -87,6 +87,7 @@ fn converts_every_field() {
                             not_destination_ips: vec![net("::/0")],
                             destination_ports: vec![8080, 65535],
                             not_destination_ports: vec![0],
+                            ..Match::default()
                         },
                         // An empty match survives conversion; evaluation skips it.
                         Match::default(),

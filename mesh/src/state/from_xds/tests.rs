@@ -408,6 +408,7 @@ fn expected_policy(j: &Value) -> policy::Authorization {
         not_destination_ips: cidrs(m, "not_destination_ips"),
         destination_ports: ports(m, "destination_ports"),
         not_destination_ports: ports(m, "not_destination_ports"),
+        ..Match::default()
     };
     let clause = |c: &Value| Clause {
         matches: list(c, "matches").iter().map(matched).collect(),
