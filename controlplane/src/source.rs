@@ -17,6 +17,7 @@ use crate::ca::{CaService, NodeWorkloads};
 use crate::k8s::{Cluster, LoadError, load_dir};
 use crate::translate::{Options, translate};
 use crate::xds::Snapshot;
+use xds_proto::{JWT_AUTHENTICATION_TYPE_URL, L7_AUTHORIZATION_TYPE_URL};
 
 /// `type_url` of `istio.workload.Address`.
 pub const ADDRESS_TYPE: &str = "type.googleapis.com/istio.workload.Address";
@@ -44,6 +45,12 @@ pub fn publish(cluster: &Cluster, options: &Options) -> Published {
     }
     for (name, authorization) in &resources.authorizations {
         snapshot.insert(name.clone(), pack(AUTHORIZATION_TYPE, authorization));
+    }
+    for (name, policy) in &resources.l7_authorizations {
+        snapshot.insert(name.clone(), pack(L7_AUTHORIZATION_TYPE_URL, policy));
+    }
+    for (name, authn) in &resources.jwt_authentications {
+        snapshot.insert(name.clone(), pack(JWT_AUTHENTICATION_TYPE_URL, authn));
     }
     let workloads = NodeWorkloads::from_pods(cluster.pods().filter_map(|pod| {
         let node = pod.node_name.as_deref()?;

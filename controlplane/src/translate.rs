@@ -1,7 +1,8 @@
 //! Computes, from a [`Cluster`], the resources istiod would send ztunnel: `istio.workload.Address`
 //! (one per pod with an IP and per non-ExternalName Service, xds.md §4) and
 //! `istio.security.Authorization` (AuthorizationPolicies and the PeerAuthentication-derived
-//! policies, xds.md §5, policy.md), keyed by the resource names istiod uses (xds.md §2.7).
+//! policies, xds.md §5, policy.md), and for waypoints the project's own `mesh.waypoint.v1`
+//! L7Authorization and JwtAuthentication (policies with `targetRefs`), keyed by the resource names istiod uses (xds.md §2.7).
 //!
 //! Pure and deterministic: the same cluster gives the same resources, field for field and in the
 //! same order (every collection is sorted), so a version derived from the encoded bytes changes
@@ -30,6 +31,7 @@
 mod authz;
 mod peer_authn;
 mod services;
+mod waypoint_policy;
 mod waypoints;
 mod workloads;
 
@@ -42,6 +44,7 @@ use std::fmt;
 use mesh::identity::TrustDomain;
 use xds_proto::istio::security::Authorization;
 use xds_proto::istio::workload::Address;
+use xds_proto::mesh::waypoint::v1::{JwtAuthentication, L7Authorization};
 
 use crate::k8s::{AuthorizationAction, Cluster, ObjectRef};
 
@@ -88,6 +91,10 @@ pub struct Resources {
     pub addresses: BTreeMap<String, Address>,
     /// Policies by `<namespace>/<name>`.
     pub authorizations: BTreeMap<String, Authorization>,
+    /// Waypoint (targetRefs) AuthorizationPolicies by `<namespace>/<name>`.
+    pub l7_authorizations: BTreeMap<String, L7Authorization>,
+    /// Waypoint (targetRefs) RequestAuthentications by `<namespace>/<name>`.
+    pub jwt_authentications: BTreeMap<String, JwtAuthentication>,
 }
 
 /// Something istiod would report in an object's status: a policy not sent to ztunnel, or
@@ -122,6 +129,12 @@ pub enum NoteKind {
         /// Whether no rule of the policy can fire any more at ztunnel.
         no_effect: bool,
     },
+    /// A `targetRefs` entry no waypoint honours (a ServiceEntry, a GatewayClass outside the
+    /// root namespace, another kind): ignored.
+    UnsupportedTarget(String),
+    /// A CUSTOM policy bound to a waypoint: no external authorizer is reachable from it, so
+    /// the policy is enforced as DENY (fail closed, policy.md §7).
+    CustomFailsClosed,
 }
 
 impl fmt::Display for Note {
@@ -144,6 +157,17 @@ impl fmt::Display for Note {
                 "{object}: ztunnel does not support HTTP attributes (found: {}); rules {rules:?} \
                  dropped, so it allows less",
                 found.join(", ")
+            ),
+            NoteKind::UnsupportedTarget(target) => {
+                write!(
+                    f,
+                    "{object}: targetRefs entry {target} is not supported; ignored"
+                )
+            }
+            NoteKind::CustomFailsClosed => write!(
+                f,
+                "{object}: CUSTOM at a waypoint has no reachable provider; matching requests are \
+                 denied"
             ),
             NoteKind::DenyFieldsRemoved { found, no_effect } => {
                 let outcome = if *no_effect {
@@ -198,9 +222,12 @@ pub fn translate_with_notes(cluster: &Cluster, options: &Options) -> (Resources,
             addresses.insert(key, address);
         }
     }
+    let waypoint = waypoint_policy::convert_all(cluster, &options.root_namespace, &mut notes);
     let resources = Resources {
         addresses,
         authorizations,
+        l7_authorizations: waypoint.authorizations,
+        jwt_authentications: waypoint.authentications,
     };
     (resources, notes)
 }

@@ -181,7 +181,7 @@ fn convert_rule(rule: &Rule, namespace: &str) -> pb::Rule {
     pb::Rule { clauses }
 }
 
-fn operation_match(operation: &Operation) -> pb::Match {
+pub(super) fn operation_match(operation: &Operation) -> pb::Match {
     pb::Match {
         destination_ports: ports(&operation.ports),
         not_destination_ports: ports(&operation.not_ports),
@@ -189,7 +189,7 @@ fn operation_match(operation: &Operation) -> pb::Match {
     }
 }
 
-fn source_match(source: &Source, namespace: &str) -> pb::Match {
+pub(super) fn source_match(source: &Source, namespace: &str) -> pb::Match {
     pb::Match {
         source_ips: addresses(&source.ip_blocks),
         not_source_ips: addresses(&source.not_ip_blocks),
@@ -203,7 +203,7 @@ fn source_match(source: &Source, namespace: &str) -> pb::Match {
     }
 }
 
-fn condition_match(condition: &Condition) -> pb::Match {
+pub(super) fn condition_match(condition: &Condition) -> pb::Match {
     match condition {
         Condition::SourceIp(v) => pb::Match {
             source_ips: addresses(&v.values),
@@ -255,12 +255,12 @@ pub(super) fn string_match(text: &str) -> pb::StringMatch {
     }
 }
 
-fn string_matches(values: &[String]) -> Vec<pb::StringMatch> {
+pub(super) fn string_matches(values: &[String]) -> Vec<pb::StringMatch> {
     values.iter().map(|v| string_match(v)).collect()
 }
 
 /// `ns/sa` as written, or a bare `sa` in the policy's namespace.
-fn service_accounts(values: &[String], namespace: &str) -> Vec<pb::ServiceAccountMatch> {
+pub(super) fn service_accounts(values: &[String], namespace: &str) -> Vec<pb::ServiceAccountMatch> {
     values
         .iter()
         .map(|value| {
@@ -285,6 +285,6 @@ pub(super) fn address(net: &IpNet) -> pb::Address {
     }
 }
 
-fn addresses(nets: &[IpNet]) -> Vec<pb::Address> {
+pub(super) fn addresses(nets: &[IpNet]) -> Vec<pb::Address> {
     nets.iter().map(address).collect()
 }
