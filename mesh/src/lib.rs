@@ -10,6 +10,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod control;
 pub mod errors;
 pub mod grpc;
 pub mod hbone;

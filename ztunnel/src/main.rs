@@ -7,11 +7,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
+use mesh::control;
 use mesh::hbone::H2Settings;
 use mesh::hbone::pool::Pool;
 use mesh::identity::{
     CaLimits, CertStore, CertStoreCollector, CertificateProvider, IstioCaClient, IstioCaSettings,
-    LocalCa, RefreshPolicy, Token, certs_from_pem,
+    LocalCa, RefreshPolicy,
 };
 use mesh::telemetry::logging::{self, LogControl, LogFormat};
 use mesh::xds::{AdsClient, Subscription};
@@ -383,38 +384,23 @@ fn xds_client(
     directory: &Arc<Directory>,
     control: &Handle,
 ) -> anyhow::Result<AdsClient<impl mesh::xds::Connector + use<>>> {
-    let uri = mesh::grpc::parse_address(address).context("XDS_ADDRESS")?;
     let roots_from = config.xds_root_ca.as_deref().unwrap_or(&config.ca_root_ca);
-    let roots = read_roots(roots_from).context("XDS_ROOT_CA")?;
-    let tls = mesh::grpc::client_config(&roots).context("XDS_ROOT_CA")?;
-    let name = mesh::grpc::server_name(&uri, config.alt_xds_hostname.as_deref())
-        .context("ALT_XDS_HOSTNAME")?;
-    let channel = {
-        let _on_control = control.enter();
-        mesh::grpc::channel(uri, tls, name)
-    };
+    let roots = control::read_roots("XDS_ROOT_CA", roots_from)?;
+    let channel = control::channel(
+        "XDS_ADDRESS",
+        address,
+        &roots,
+        config.alt_xds_hostname.as_deref(),
+        control,
+    )?;
     let connector = move || {
         let channel = channel.clone();
         async move { Ok::<_, std::convert::Infallible>(channel) }
     };
-    let token = auth_token(config.auth_token.as_deref());
-    let cluster_id = config.cluster_id.clone();
-    let metadata: mesh::xds::MetadataSource = Box::new(move || {
-        let mut metadata = tonic::metadata::MetadataMap::new();
-        match token.read() {
-            Ok(Some(token)) => {
-                if let Ok(value) = format!("Bearer {token}").parse() {
-                    metadata.insert("authorization", value);
-                }
-            }
-            Ok(None) => {}
-            Err(err) => warn!(error = %err, "xDS token unavailable; connecting without it"),
-        }
-        if let Ok(value) = cluster_id.parse() {
-            metadata.insert("clusterid", value);
-        }
-        metadata
-    });
+    let metadata = control::xds_metadata(
+        control::auth_token(config.auth_token.as_deref()),
+        config.cluster_id.clone(),
+    );
     let feed = XdsFeed::new(Arc::clone(directory));
     let mut client = AdsClient::new(xds_node(config), address, connector)?.with_metadata(metadata);
     for type_url in [ADDRESS_TYPE, AUTHORIZATION_TYPE] {
@@ -469,56 +455,27 @@ fn certificate_provider(
     let Some(address) = config.ca_address.as_deref().filter(|a| !a.is_empty()) else {
         return Ok(Arc::new(local_ca(config)?));
     };
-    let uri = mesh::grpc::parse_address(address).context("CA_ADDRESS")?;
-    let roots = read_roots(&config.ca_root_ca).context("CA_ROOT_CA")?;
-    let tls = mesh::grpc::client_config(&roots).context("CA_ROOT_CA")?;
-    let name = mesh::grpc::server_name(&uri, config.alt_ca_hostname.as_deref())
-        .context("ALT_CA_HOSTNAME")?;
-    // The channel's background work belongs to the control runtime, beside the certificate
-    // workers that use it.
-    let channel = {
-        let _on_control = control.enter();
-        mesh::grpc::channel(uri.clone(), tls, name)
-    };
-    let headers = std::env::vars()
-        .filter_map(|(k, v)| {
-            k.strip_prefix("CA_HEADER_")
-                .map(|name| (name.to_owned(), v))
-        })
-        .collect();
+    let roots = control::read_roots("CA_ROOT_CA", &config.ca_root_ca)?;
+    let channel = control::channel(
+        "CA_ADDRESS",
+        address,
+        &roots,
+        config.alt_ca_hostname.as_deref(),
+        control,
+    )?;
+    let headers = control::ca_headers_from_env();
     let settings = IstioCaSettings {
-        token: auth_token(config.auth_token.as_deref()),
+        token: control::auth_token(config.auth_token.as_deref()),
         cluster_id: config.cluster_id.clone(),
         ttl: config.secret_ttl,
         // This ztunnel serves many workloads in either mode, so it always asks as a node proxy.
         impersonate: true,
         headers,
     };
-    info!(ca = %uri, token = ?settings.token.kind(), ttl = ?settings.ttl, "certificates from the CA");
+    info!(ca = address, token = ?settings.token.kind(), ttl = ?settings.ttl, "certificates from the CA");
     Ok(Arc::new(
         IstioCaClient::new(channel, settings).context("CA_HEADER_*")?,
     ))
-}
-
-/// `CA_ROOT_CA`: a PEM file, or the PEM text itself.
-fn read_roots(value: &str) -> anyhow::Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
-    let text = if value.contains("-----BEGIN") {
-        value.to_owned()
-    } else {
-        std::fs::read_to_string(value).with_context(|| format!("reading {value}"))?
-    };
-    certs_from_pem(&text).with_context(|| format!("{value}: no usable PEM certificate"))
-}
-
-/// `AUTH_TOKEN` as upstream reads it.
-fn auth_token(value: Option<&str>) -> Token {
-    const DEFAULT_TOKEN: &str = "./var/run/secrets/tokens/istio-token";
-    match value.filter(|v| !v.is_empty()) {
-        Some(v) if std::path::Path::new(v).exists() => Token::File(v.into()),
-        Some(v) => Token::Static(v.to_owned()),
-        None if std::path::Path::new(DEFAULT_TOKEN).exists() => Token::File(DEFAULT_TOKEN.into()),
-        None => Token::None,
-    }
 }
 
 fn local_ca(config: &Config) -> anyhow::Result<LocalCa> {

@@ -8,6 +8,7 @@ mod authz;
 mod conformance;
 mod peer_authn;
 mod services;
+mod waypoint_policy;
 mod workloads;
 
 use xds_proto::istio::security as sec;
