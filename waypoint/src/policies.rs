@@ -1,0 +1,244 @@
+//! The waypoint's policies from xDS (`mesh.waypoint.v1`): L7Authorization and
+//! JwtAuthentication resources, validated on arrival (a bad one is NACKed with its reason and
+//! the previous version keeps applying), then indexed by what they are bound to — this
+//! waypoint's Gateway (everything it serves) or one Service (requests addressed to it).
+//!
+//! Requests read an immutable [`WaypointPolicies`] snapshot; a change swaps it whole, so one
+//! request never sees half of an update.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
+use mesh::policy::{Authorization, PolicyTarget, TargetKind, TargetedPolicy};
+use mesh::xds::{Delta, Rejection, XdsHandler};
+use prost::Message;
+use tracing::info;
+use xds_proto::mesh::waypoint::v1 as pb;
+use xds_proto::{JWT_AUTHENTICATION_TYPE_URL, L7_AUTHORIZATION_TYPE_URL};
+
+use crate::authn::JwtRules;
+
+/// The class every waypoint Gateway has; root-namespace policies bound to it apply everywhere.
+pub const WAYPOINT_CLASS: &str = "istio-waypoint";
+
+/// Which Gateway this waypoint is, and the mesh's root namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayRef {
+    /// The Gateway's namespace (the waypoint pod's).
+    pub namespace: String,
+    /// The Gateway's name.
+    pub name: String,
+    /// The root namespace (`istio-system` by default).
+    pub root_namespace: String,
+}
+
+/// `(namespace, name)` of a Service.
+pub type ServiceName = (String, String);
+
+/// What applies to requests, by binding.
+#[derive(Default)]
+pub struct WaypointPolicies {
+    gateway_authz: Vec<Authorization>,
+    service_authz: HashMap<ServiceName, Vec<Authorization>>,
+    gateway_jwt: Arc<JwtRules>,
+    service_jwt: HashMap<ServiceName, Arc<JwtRules>>,
+}
+
+impl WaypointPolicies {
+    /// The policies for a request to `service` (`None`: addressed to a workload): the Gateway's
+    /// and the Service's.
+    pub fn authorizations<'a>(
+        &'a self,
+        service: Option<&ServiceName>,
+    ) -> impl Iterator<Item = &'a Authorization> + Clone {
+        let by_service = service
+            .and_then(|s| self.service_authz.get(s))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        self.gateway_authz.iter().chain(by_service)
+    }
+
+    /// The JWT rules for a request to `service`: the Gateway's and the Service's together.
+    pub fn jwt_rules(&self, service: Option<&ServiceName>) -> Arc<JwtRules> {
+        service
+            .and_then(|s| self.service_jwt.get(s))
+            .unwrap_or(&self.gateway_jwt)
+            .clone()
+    }
+}
+
+/// Where the validated resources live and the current snapshot is published.
+pub struct PolicyStore {
+    gateway: GatewayRef,
+    current: ArcSwap<WaypointPolicies>,
+    resources: Mutex<Resources>,
+}
+
+#[derive(Default)]
+struct Resources {
+    authz: BTreeMap<String, TargetedPolicy>,
+    authn: BTreeMap<String, (Vec<PolicyTarget>, Vec<pb::JwtRule>)>,
+}
+
+impl PolicyStore {
+    /// An empty store for the waypoint of `gateway`.
+    pub fn new(gateway: GatewayRef) -> Arc<Self> {
+        Arc::new(Self {
+            gateway,
+            current: ArcSwap::from_pointee(WaypointPolicies::default()),
+            resources: Mutex::new(Resources::default()),
+        })
+    }
+
+    /// The current snapshot.
+    pub fn load(&self) -> Arc<WaypointPolicies> {
+        self.current.load_full()
+    }
+
+    /// The xDS handler for one of the waypoint's types.
+    pub fn handler(self: &Arc<Self>) -> Box<dyn XdsHandler> {
+        Box::new(Feed(Arc::clone(self)))
+    }
+
+    /// Whether `target`, of a policy in `namespace`, is this waypoint's Gateway.
+    fn binds_gateway(&self, namespace: &str, target: &PolicyTarget) -> bool {
+        match target.kind {
+            TargetKind::Gateway => {
+                namespace == self.gateway.namespace && target.name == self.gateway.name
+            }
+            TargetKind::GatewayClass => {
+                namespace == self.gateway.root_namespace && target.name == WAYPOINT_CLASS
+            }
+            TargetKind::Service => false,
+        }
+    }
+
+    fn apply(&self, type_url: &str, delta: Delta) -> Result<(), Vec<Rejection>> {
+        let mut resources = self
+            .resources
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut rejections = Vec::new();
+        let authz = type_url == L7_AUTHORIZATION_TYPE_URL;
+        for name in &delta.removed {
+            if authz {
+                resources.authz.remove(name);
+            } else {
+                resources.authn.remove(name);
+            }
+        }
+        for added in delta.added {
+            let bytes = added.resource.value.as_slice();
+            let outcome = if authz {
+                pb::L7Authorization::decode(bytes)
+                    .map_err(|e| format!("not an L7Authorization: {e}"))
+                    .and_then(|wire| TargetedPolicy::try_from(&wire).map_err(|e| e.to_string()))
+                    .map(|policy| {
+                        resources.authz.insert(added.name.clone(), policy);
+                    })
+            } else {
+                decode_authn(bytes).map(|entry| {
+                    resources.authn.insert(added.name.clone(), entry);
+                })
+            };
+            if let Err(reason) = outcome {
+                rejections.push(Rejection::new(added.name, reason));
+            }
+        }
+        match self.index(&resources) {
+            Ok(policies) => {
+                info!(
+                    authorizations = resources.authz.len(),
+                    authentications = resources.authn.len(),
+                    "waypoint policies applied"
+                );
+                self.current.store(Arc::new(policies));
+            }
+            Err(rejection) => rejections.push(rejection),
+        }
+        if rejections.is_empty() {
+            Ok(())
+        } else {
+            Err(rejections)
+        }
+    }
+
+    fn index(&self, resources: &Resources) -> Result<WaypointPolicies, Rejection> {
+        let mut out = WaypointPolicies::default();
+        for policy in resources.authz.values() {
+            let namespace = &policy.authorization.namespace;
+            for target in &policy.targets {
+                if self.binds_gateway(namespace, target) {
+                    out.gateway_authz.push(policy.authorization.clone());
+                } else if target.kind == TargetKind::Service {
+                    out.service_authz
+                        .entry((namespace.clone(), target.name.clone()))
+                        .or_default()
+                        .push(policy.authorization.clone());
+                }
+            }
+        }
+        let mut gateway_rules = Vec::new();
+        let mut service_rules: HashMap<ServiceName, Vec<pb::JwtRule>> = HashMap::new();
+        for (name, (targets, rules)) in &resources.authn {
+            let namespace = name.split_once('/').map_or("", |(ns, _)| ns);
+            for target in targets {
+                if self.binds_gateway(namespace, target) {
+                    gateway_rules.extend(rules.iter().cloned());
+                } else if target.kind == TargetKind::Service {
+                    service_rules
+                        .entry((namespace.to_owned(), target.name.clone()))
+                        .or_default()
+                        .extend(rules.iter().cloned());
+                }
+            }
+        }
+        let build = |rules: &[pb::JwtRule]| {
+            JwtRules::from_xds(rules)
+                .map(Arc::new)
+                .map_err(|e| Rejection::new("jwt rules", e.to_string()))
+        };
+        out.gateway_jwt = build(&gateway_rules)?;
+        for (service, mut rules) in service_rules {
+            rules.extend(gateway_rules.iter().cloned());
+            out.service_jwt.insert(service, build(&rules)?);
+        }
+        Ok(out)
+    }
+}
+
+fn decode_authn(bytes: &[u8]) -> Result<(Vec<PolicyTarget>, Vec<pb::JwtRule>), String> {
+    let wire = pb::JwtAuthentication::decode(bytes)
+        .map_err(|e| format!("not a JwtAuthentication: {e}"))?;
+    // Validated alone so the NACK names this resource, not the merged set.
+    JwtRules::from_xds(&wire.rules).map_err(|e| e.to_string())?;
+    let targets = wire
+        .targets
+        .iter()
+        .filter_map(|t| {
+            let kind = match pb::policy_target::Kind::try_from(t.kind) {
+                Ok(pb::policy_target::Kind::Gateway) => TargetKind::Gateway,
+                Ok(pb::policy_target::Kind::Service) => TargetKind::Service,
+                Ok(pb::policy_target::Kind::GatewayClass) => TargetKind::GatewayClass,
+                _ => return None,
+            };
+            Some(PolicyTarget {
+                kind,
+                name: t.name.clone(),
+            })
+        })
+        .collect();
+    Ok((targets, wire.rules))
+}
+
+struct Feed(Arc<PolicyStore>);
+
+impl XdsHandler for Feed {
+    fn apply(&mut self, type_url: &str, delta: Delta) -> Result<(), Vec<Rejection>> {
+        debug_assert!(
+            type_url == L7_AUTHORIZATION_TYPE_URL || type_url == JWT_AUTHENTICATION_TYPE_URL
+        );
+        self.0.apply(type_url, delta)
+    }
+}

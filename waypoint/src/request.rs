@@ -1,0 +1,314 @@
+//! One HTTP request through the waypoint, in order: well-formed (method, path), authenticated
+//! (JWT rules bound to the Gateway or the Service), authorized (`mesh::policy`, the same order
+//! as ztunnel's), then forwarded to an endpoint picked for this request. Each refusal is a
+//! response the client can read — 400, 401, 403 `RBAC: access denied`, 503 — and a log line
+//! naming why; the connection and the process carry on.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use mesh::hbone::Baggage;
+use mesh::hbone::headers::connect_headers;
+use mesh::identity::SpiffeId;
+use mesh::policy::{
+    AllowSetOutcome, ConnectionAttrs, DenyReason, DryRunReport, RequestAttrs, RequestAuth, Verdict,
+    evaluate_request,
+};
+use mesh::state::Service;
+use tracing::{info, warn};
+
+use crate::authn::Outcome;
+use crate::path::normalize;
+use crate::proxy::Inputs;
+use crate::upstream::{Endpoint, Upstreams, Version};
+
+/// What the client reads: the endpoint's body, or one the waypoint wrote.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Envoy's body for an RBAC denial; clients and tests match on it.
+pub const DENIED_BODY: &str = "RBAC: access denied";
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// One tunnelled client connection, as every request on it shares it.
+pub struct Downstream {
+    /// Shared waypoint state.
+    pub inputs: Arc<Inputs>,
+    /// The client's verified identity (its ztunnel presented the client's certificate).
+    pub client: SpiffeId,
+    /// The original client address (`forwarded` from the client's ztunnel).
+    pub source: SocketAddr,
+    /// The address the client dialed: a service VIP and port, or a pod.
+    pub target: SocketAddr,
+    /// The service dialed, when `target` is a VIP.
+    pub service: Option<Arc<Service>>,
+    /// HTTP version on both sides.
+    pub version: Version,
+    /// Tunnels to endpoints opened for this connection.
+    pub upstreams: tokio::sync::Mutex<Upstreams>,
+}
+
+/// Serves one request; never fails, since every failure is a response.
+pub async fn handle(
+    down: Arc<Downstream>,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let (response, note) = down.process(request).await;
+    info!(
+        src.identity = %down.client,
+        src.addr = %down.source,
+        dst = %down.target,
+        dst.service = down.service.as_ref().map_or("", |s| s.hostname.as_str()),
+        method = %method,
+        path,
+        status = response.status().as_u16(),
+        duration_ms = started.elapsed().as_millis(),
+        note,
+        "request complete"
+    );
+    Ok(response)
+}
+
+fn local(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
+        body.as_bytes(),
+    ))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
+    response
+}
+
+impl Downstream {
+    fn service_name(&self) -> Option<(String, String)> {
+        self.service
+            .as_ref()
+            .map(|s| (s.namespace.clone(), s.name.clone()))
+    }
+
+    /// The response, and a few words for the access log when the waypoint answered itself.
+    async fn process(&self, request: Request<Incoming>) -> (Response<ProxyBody>, String) {
+        if !request
+            .method()
+            .as_str()
+            .bytes()
+            .all(|b| b.is_ascii_uppercase())
+        {
+            return (
+                local(StatusCode::BAD_REQUEST, "invalid method"),
+                "method is not upper case".into(),
+            );
+        }
+        let raw = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned();
+        let (path, query) = match normalize(&raw) {
+            Ok(normalized) => normalized,
+            Err(err) => {
+                return (
+                    local(StatusCode::BAD_REQUEST, "invalid path"),
+                    err.to_string(),
+                );
+            }
+        };
+        let (mut parts, body) = request.into_parts();
+        if let Err(note) = rewrite_path(&mut parts.uri, &path, query) {
+            return (local(StatusCode::BAD_REQUEST, "invalid path"), note);
+        }
+
+        let policies = self.inputs.policies.load();
+        let service = self.service_name();
+        let rules = policies.jwt_rules(service.as_ref());
+        let auth = if rules.is_empty() {
+            None
+        } else {
+            match self
+                .inputs
+                .authenticator
+                .authenticate(&rules, &mut parts)
+                .await
+            {
+                Outcome::NoToken => None,
+                Outcome::Authenticated(token) => Some(RequestAuth {
+                    issuer: token.issuer,
+                    subject: token.subject,
+                    audiences: token.audiences,
+                    presenter: token.presenter,
+                    claims: token.claims,
+                }),
+                Outcome::Refused(refusal) => {
+                    let note = format!("token refused: {refusal}");
+                    return (local(refusal.status(), refusal.body()), note);
+                }
+            }
+        };
+
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+            .unwrap_or_default()
+            .to_owned();
+        let connection = ConnectionAttrs {
+            source_identity: Some(self.client.clone()),
+            source_ip: self.source.ip(),
+            destination_ip: self.target.ip(),
+            destination_port: self.target.port(),
+        };
+        let attrs = RequestAttrs {
+            method: parts.method.as_str(),
+            path: &path,
+            host: &host,
+            headers: &parts.headers,
+            remote_ip: self.source.ip(),
+            auth: auth.as_ref(),
+        };
+        let decision = evaluate_request(
+            policies.authorizations(service.as_ref()),
+            &connection,
+            &attrs,
+        );
+        if let Some(report) = &decision.dry_run {
+            self.report_dry_run(report);
+        }
+        if let Verdict::Deny(reason) = decision.verdict {
+            let note = match &reason {
+                DenyReason::DeniedBy(policy) => format!("denied by {policy}"),
+                other => other.to_string(),
+            };
+            info!(src.identity = %self.client, dst = %self.target, reason = %reason, "request denied");
+            return (local(StatusCode::FORBIDDEN, DENIED_BODY), note);
+        }
+
+        if self.version == Version::Http1 {
+            strip_hop_by_hop(&mut parts.headers);
+        }
+        let request = Request::from_parts(parts, body);
+        self.forward(request).await
+    }
+
+    async fn forward(&self, request: Request<Incoming>) -> (Response<ProxyBody>, String) {
+        let (addr, workload, expected) = match self.inputs.pick_endpoint(self.target) {
+            Ok(picked) => picked,
+            Err(why) => return no_upstream(&why),
+        };
+        let headers = connect_headers(
+            &Baggage::default(),
+            self.source,
+            self.service.as_ref().map(|s| s.hostname.as_str()),
+        );
+        let endpoint = Endpoint {
+            addr,
+            expected,
+            headers,
+            source: &self.inputs.identity,
+        };
+        match self
+            .inputs
+            .forwarder
+            .send(&self.upstreams, endpoint, self.version, request)
+            .await
+        {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                if self.version == Version::Http1 {
+                    strip_hop_by_hop(&mut parts.headers);
+                }
+                (
+                    Response::from_parts(parts, Either::Left(body)),
+                    String::new(),
+                )
+            }
+            Err(err) => {
+                let note = mesh::errors::chain(&err).to_string();
+                warn!(dst = %self.target, endpoint = %workload.uid, error = %note, "upstream request failed");
+                (
+                    local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "upstream connect error or disconnect/reset before headers",
+                    ),
+                    note,
+                )
+            }
+        }
+    }
+
+    /// The dry-run record, in ztunnel's words (policy.md §5.4).
+    fn report_dry_run(&self, report: &DryRunReport) {
+        for policy in &report.matched_denies {
+            info!(%policy, "dry-run: deny policy match");
+        }
+        for policy in &report.matched_allows {
+            info!(%policy, "dry-run: allow policy match");
+        }
+        if report.no_allow_matched {
+            info!("dry-run: no allow policies match");
+        }
+        if let Some(AllowSetOutcome::Denied) = &report.allow_set {
+            info!("dry-run: allow set denied");
+        }
+        let (verdict, policy) = match &report.verdict {
+            Verdict::Allow => ("allow", "none".to_owned()),
+            Verdict::Deny(DenyReason::DeniedBy(policy)) => ("deny", policy.to_string()),
+            Verdict::Deny(DenyReason::NoAllowMatched { .. }) => ("deny", "none".to_owned()),
+        };
+        info!(src = %self.source.ip(), dst = %self.target, policy, verdict, "dry-run verdict");
+    }
+}
+
+pub(crate) fn no_upstream(why: &str) -> (Response<ProxyBody>, String) {
+    warn!(reason = why, "no upstream for request");
+    (
+        local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+        why.to_owned(),
+    )
+}
+
+/// Forwards the normalised path, as Envoy does, so the application sees what policy saw.
+fn rewrite_path(uri: &mut Uri, path: &str, query: Option<&str>) -> Result<(), String> {
+    let wanted = match query {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    if uri.path_and_query().map(|pq| pq.as_str()) == Some(wanted.as_str()) {
+        return Ok(());
+    }
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(
+        wanted
+            .parse()
+            .map_err(|e| format!("normalised path: {e}"))?,
+    );
+    *uri = Uri::from_parts(parts).map_err(|e| format!("normalised path: {e}"))?;
+    Ok(())
+}
+
+/// Drops the headers of one HTTP/1.1 hop, both ways.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
