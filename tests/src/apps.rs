@@ -15,6 +15,9 @@ pub enum Behaviour {
     /// Reads until the client's EOF, then answers with the byte count as text: proves the
     /// client's half-close reached the server while the reverse direction stayed open.
     ReplyAfterEof,
+    /// HTTP (see [`crate::http::serve`]) when the connection starts with an HTTP request,
+    /// else [`Behaviour::Echo`]: one port serves the L4 and the L7 cases.
+    EchoOrHttp,
 }
 
 /// A server listening on `addr`; records the peer address of every connection it accepts.
@@ -54,9 +57,13 @@ impl Server {
 }
 
 async fn serve(stream: TcpStream, behaviour: Behaviour) {
+    if behaviour == Behaviour::EchoOrHttp && starts_with_http(&stream).await {
+        crate::http::serve(stream).await;
+        return;
+    }
     let (mut r, mut w) = stream.into_split();
     match behaviour {
-        Behaviour::Echo => {
+        Behaviour::Echo | Behaviour::EchoOrHttp => {
             let _ = tokio::io::copy(&mut r, &mut w).await;
         }
         Behaviour::ReplyAfterEof => {
@@ -69,6 +76,26 @@ async fn serve(stream: TcpStream, behaviour: Behaviour) {
         }
     }
     let _ = w.shutdown().await;
+}
+
+/// Peeks until the request line's method is visible (or the client pauses, or closes).
+async fn starts_with_http(stream: &TcpStream) -> bool {
+    let mut first = [0u8; 16];
+    for _ in 0..20 {
+        let n = match stream.peek(&mut first).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        if first[..n].contains(&b' ') || n == first.len() {
+            return crate::http::looks_like_http(&first[..n]);
+        }
+        if !first[..n].iter().all(u8::is_ascii_uppercase) {
+            return false;
+        }
+        // A method split across segments: wait for the rest.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    false
 }
 
 /// Connects to `dst` from `source` (a workload address), as that workload's application would.

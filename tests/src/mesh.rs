@@ -29,6 +29,10 @@ pub struct Mesh {
     /// ztunnels' `--secret-ttl` (certificate lifetime asked of the CA), when not the default.
     pub secret_ttl: Option<&'static str>,
     control_plane: Option<ControlPlane>,
+    /// Waypoint processes, by pod name.
+    waypoints: BTreeMap<String, Process>,
+    /// CA callers besides the ztunnels: `(name, node, namespace, service account)`.
+    callers: Vec<(String, String, String, String)>,
 }
 
 /// A running `controlplane serve` and how ztunnels reach it.
@@ -89,6 +93,8 @@ impl Mesh {
             rules: "iptables",
             secret_ttl: None,
             control_plane: None,
+            waypoints: BTreeMap::new(),
+            callers: Vec::new(),
         }
     }
 
@@ -425,6 +431,13 @@ impl Mesh {
                 node = self.node_name(n)
             ));
         }
+        for (name, node, namespace, service_account) in &self.callers {
+            let token = format!("token-of-{name}-0123456789abcdef");
+            std::fs::write(self.world.dir().join(format!("token-{name}")), &token).unwrap();
+            callers.push_str(&format!(
+                "- {{name: {name}, token: {token}, node: {node}, namespace: {namespace}, serviceAccount: {service_account}}}\n"
+            ));
+        }
         let tokens = self.world.dir().join("tokens.yaml");
         std::fs::write(&tokens, callers).unwrap();
         let ip = self.cluster.node(node).gateway();
@@ -524,6 +537,71 @@ impl Mesh {
         )
     }
 
+    /// Lets the pod `pod` (`namespace`/`service_account`) ask the CA for its own certificate
+    /// with a token of its own, as a waypoint does. Call before starting the control plane.
+    pub fn add_ca_caller(&mut self, pod: &Pod, namespace: &str, service_account: &str) {
+        let node = self.node_name(pod.node());
+        self.callers.push((
+            pod.name().to_owned(),
+            node,
+            namespace.to_owned(),
+            service_account.to_owned(),
+        ));
+    }
+
+    /// Starts the `waypoint` binary inside `pod`'s network namespace for Gateway `gateway`
+    /// (in `namespace`, identity `service_account`), against the running control plane, and
+    /// waits until it serves. The pod must have been given a CA token with
+    /// [`Mesh::add_ca_caller`].
+    pub async fn start_waypoint(
+        &mut self,
+        pod: &Pod,
+        namespace: &str,
+        service_account: &str,
+        gateway: &str,
+    ) {
+        let cp = self.control_plane.as_ref().expect("no control plane started");
+        let token = self.world.dir().join(format!("token-{}", pod.name()));
+        let args = vec![
+            "netns".to_owned(),
+            "exec".to_owned(),
+            pod.netns().name().to_owned(),
+            binary("waypoint").display().to_string(),
+            "--drain-timeout".to_owned(),
+            self.drain_timeout.to_owned(),
+        ];
+        let env = [
+            ("RUST_LOG", "info,waypoint=debug".to_owned()),
+            ("XDS_ADDRESS", cp.address.clone()),
+            ("CA_ROOT_CA", cp.root.display().to_string()),
+            ("AUTH_TOKEN", token.display().to_string()),
+            ("POD_NAMESPACE", namespace.to_owned()),
+            ("POD_NAME", pod.name().to_owned()),
+            ("SERVICE_ACCOUNT", service_account.to_owned()),
+            ("GATEWAY_NAME", gateway.to_owned()),
+            ("INSTANCE_IP", pod.ip().to_string()),
+            ("NODE_NAME", self.node_name(pod.node())),
+        ];
+        let name = format!("waypoint-{}", pod.name());
+        let mut process = Process::spawn(&name, PathBuf::from("ip"), &args, &env);
+        process.wait_for_line("waypoint ready").await;
+        self.waypoints.insert(pod.name().to_owned(), process);
+    }
+
+    /// The waypoint running in pod `name`.
+    pub fn waypoint(&mut self, name: &str) -> &mut Process {
+        self.waypoints
+            .get_mut(name)
+            .unwrap_or_else(|| panic!("no waypoint in pod {name}"))
+    }
+
+    /// Stops the waypoint in pod `name` and returns its process (to read its log).
+    pub fn take_waypoint(&mut self, name: &str) -> Process {
+        self.waypoints
+            .remove(name)
+            .unwrap_or_else(|| panic!("no waypoint in pod {name}"))
+    }
+
     /// The ztunnel of `node`.
     pub fn ztunnel(&mut self, node: NodeId) -> &mut Process {
         self.ztunnels
@@ -570,6 +648,7 @@ impl Mesh {
 impl Drop for Mesh {
     fn drop(&mut self) {
         // Processes first (killed on drop), then the namespaces they ran in.
+        self.waypoints.clear();
         self.ztunnels.clear();
         self.agents.clear();
         self.control_plane = None;
