@@ -448,3 +448,14 @@ async fn rules_sharing_an_issuer_accept_when_one_does() {
         "the first rule's reason: {refusal}"
     );
 }
+
+#[test]
+fn the_authenticator_and_its_future_cross_threads() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: &T) {}
+    let authn = Authenticator::new(AuthnSettings::default());
+    send_sync(&authn);
+    let rules = JwtRules::default();
+    let mut request = head("/", &[]);
+    send(&authn.authenticate(&rules, &mut request));
+}

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
 
@@ -70,7 +70,10 @@ impl JwksServer {
     }
 }
 
-async fn serve(mut stream: TcpStream, reply: Arc<Mutex<Reply>>, hits: Arc<AtomicUsize>) {
+async fn serve<S>(mut stream: S, reply: Arc<Mutex<Reply>>, hits: Arc<AtomicUsize>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut request = Vec::new();
     let mut chunk = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -266,5 +269,117 @@ async fn fetch_failures_name_what_failed() {
         .await;
         let line = mesh::errors::chain(&refused(outcome));
         assert!(line.contains(expected), "{uri}: {line}");
+    }
+}
+
+/// A JWKS server behind TLS with a fresh self-signed certificate for `localhost`.
+struct HttpsJwksServer {
+    uri: String,
+    ca_pem: String,
+    task: JoinHandle<()>,
+}
+
+impl Drop for HttpsJwksServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl HttpsJwksServer {
+    async fn start(body: String) -> Self {
+        use tokio_rustls::rustls::{self, pki_types::PrivateKeyDer};
+
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let reply = Arc::new(Mutex::new(ok(body)));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, reply, hits) =
+                    (acceptor.clone(), Arc::clone(&reply), Arc::clone(&hits));
+                connections.spawn(async move {
+                    if let Ok(tls) = acceptor.accept(tcp).await {
+                        serve(tls, reply, hits).await;
+                    }
+                });
+            }
+        });
+        Self {
+            uri: format!("https://localhost:{port}/keys/jwks.json"),
+            ca_pem: cert.pem(),
+            task,
+        }
+    }
+}
+
+/// A file that is removed when the test ends, pass or fail.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(name: &str, contents: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("waypoint-authn-{}-{name}", std::process::id()));
+        std::fs::write(&path, contents).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn https_keys_are_fetched_through_the_configured_roots() {
+    let server = HttpsJwksServer::start(trusted_jwks()).await;
+    let other = HttpsJwksServer::start(trusted_jwks()).await;
+    let right_roots = TempFile::new("right-roots.pem", &server.ca_pem);
+    let wrong_roots = TempFile::new("wrong-roots.pem", &other.ca_pem);
+    let no_roots = TempFile::new("no-roots.pem", "not a certificate\n");
+    let rules = rules(&[remote_rule(&server.uri)]);
+    let token = Signer::trusted().sign(&claims());
+
+    let with_roots = |file: &TempFile| {
+        Authenticator::new(AuthnSettings {
+            ca_file: Some(file.0.clone()),
+            ..AuthnSettings::default()
+        })
+    };
+    let outcome = within(
+        "https fetch",
+        with_roots(&right_roots).authenticate(&rules, &mut bearer(&token)),
+    )
+    .await;
+    accepted(outcome);
+
+    for (roots, expected) in [
+        (&wrong_roots, "TLS handshake with localhost:"),
+        (&no_roots, "holds no usable PEM certificate"),
+    ] {
+        let outcome = within(
+            "https fetch",
+            with_roots(roots).authenticate(&rules, &mut bearer(&token)),
+        )
+        .await;
+        let line = mesh::errors::chain(&refused(outcome));
+        assert!(line.contains(expected), "{line}");
     }
 }
