@@ -267,7 +267,7 @@ fn locations(rule: &pb::JwtRule) -> Result<Vec<Location>, FieldError> {
 fn claim_header(entry: &pb::ClaimToHeader, i: usize) -> Result<ClaimHeader, FieldError> {
     let header = header_name(&entry.header)
         .map_err(|p| FieldError::new(format!("output_claim_to_headers[{i}].header"), p))?;
-    if entry.claim.is_empty() || entry.claim.split('.').any(str::is_empty) {
+    if entry.claim.split('.').any(str::is_empty) {
         return Err(FieldError::new(
             format!("output_claim_to_headers[{i}].claim"),
             RuleProblem::Empty,
