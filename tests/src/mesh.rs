@@ -560,7 +560,10 @@ impl Mesh {
         service_account: &str,
         gateway: &str,
     ) {
-        let cp = self.control_plane.as_ref().expect("no control plane started");
+        let cp = self
+            .control_plane
+            .as_ref()
+            .expect("no control plane started");
         let token = self.world.dir().join(format!("token-{}", pod.name()));
         let args = vec![
             "netns".to_owned(),

@@ -197,7 +197,7 @@ impl PolicyStore {
         let build = |rules: &[pb::JwtRule]| {
             JwtRules::from_xds(rules)
                 .map(Arc::new)
-                .map_err(|e| Rejection::new("jwt rules", e.to_string()))
+                .map_err(|e| Rejection::new("jwt rules", mesh::errors::chain(&e)))
         };
         out.gateway_jwt = build(&gateway_rules)?;
         for (service, mut rules) in service_rules {
@@ -212,7 +212,7 @@ fn decode_authn(bytes: &[u8]) -> Result<(Vec<PolicyTarget>, Vec<pb::JwtRule>), S
     let wire = pb::JwtAuthentication::decode(bytes)
         .map_err(|e| format!("not a JwtAuthentication: {e}"))?;
     // Validated alone so the NACK names this resource, not the merged set.
-    JwtRules::from_xds(&wire.rules).map_err(|e| e.to_string())?;
+    JwtRules::from_xds(&wire.rules).map_err(|e| mesh::errors::chain(&e))?;
     let targets = wire
         .targets
         .iter()

@@ -159,7 +159,7 @@ impl Downstream {
                     claims: token.claims,
                 }),
                 Outcome::Refused(refusal) => {
-                    let note = format!("token refused: {refusal}");
+                    let note = format!("token refused: {}", mesh::errors::chain(&refusal));
                     return (local(refusal.status(), refusal.body()), note);
                 }
             }
