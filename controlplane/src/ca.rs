@@ -30,6 +30,9 @@ use xds_proto::istio::v1::auth::{IstioCertificateRequest, IstioCertificateRespon
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeWorkloads {
     by_node: BTreeMap<String, BTreeSet<(String, String)>>,
+    /// `(namespace, service account)` of waypoint pods: callers that may open xDS streams
+    /// besides the node proxies.
+    waypoints: BTreeSet<(String, String)>,
 }
 
 impl NodeWorkloads {
@@ -42,7 +45,22 @@ impl NodeWorkloads {
                 .or_default()
                 .insert((namespace.to_owned(), account.to_owned()));
         }
-        Self { by_node }
+        Self {
+            by_node,
+            waypoints: BTreeSet::new(),
+        }
+    }
+
+    /// The same facts, with the accounts waypoint pods run as.
+    pub fn with_waypoints<'a>(
+        mut self,
+        accounts: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Self {
+        self.waypoints = accounts
+            .into_iter()
+            .map(|(ns, sa)| (ns.to_owned(), sa.to_owned()))
+            .collect();
+        self
     }
 
     fn runs_on(&self, node: &str, namespace: &str, account: &str) -> bool {
@@ -94,6 +112,14 @@ impl CaService {
     /// Replaces which service accounts run where (the cluster's pods changed).
     pub fn set_workloads(&self, workloads: NodeWorkloads) {
         self.workloads.store(Arc::new(workloads));
+    }
+
+    /// Whether `caller` runs a waypoint pod, so it may receive configuration over xDS.
+    pub fn is_waypoint(&self, caller: &Caller) -> bool {
+        self.workloads
+            .load()
+            .waypoints
+            .contains(&(caller.namespace.clone(), caller.service_account.clone()))
     }
 
     /// Decides whose certificate `request` may get, or why not.

@@ -261,6 +261,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     let ads = DeltaAdsServer::new(watcher, shutdown.clone()).into_service();
     let xds_tokens = tokens;
+    let ca_facts = Arc::clone(&service);
     let ads = tonic::service::interceptor::InterceptedService::new(
         ads,
         move |request: tonic::Request<()>| -> Result<tonic::Request<()>, tonic::Status> {
@@ -269,13 +270,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
-            // The whole mesh's addresses and policies go to node proxies only, not to any
-            // workload that holds a CA token.
+            // The whole mesh's addresses and policies go to node proxies and waypoints only,
+            // not to any workload that holds a CA token.
             match token {
                 Some(t) if xds_tokens.is_one_of(t, &trusted) => Ok(request),
+                Some(t)
+                    if xds_tokens
+                        .caller(t)
+                        .is_some_and(|c| ca_facts.is_waypoint(&c)) =>
+                {
+                    Ok(request)
+                }
                 Some(t) if xds_tokens.caller(t).is_some() => {
-                    warn!("xDS stream from a caller that is not a node account refused");
-                    Err(tonic::Status::permission_denied("xDS is for node proxies"))
+                    warn!(
+                        "xDS stream from a caller that is neither a node account nor a waypoint refused"
+                    );
+                    Err(tonic::Status::permission_denied(
+                        "xDS is for node proxies and waypoints",
+                    ))
                 }
                 _ => {
                     warn!("xDS stream from an unknown caller refused");

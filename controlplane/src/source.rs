@@ -24,6 +24,9 @@ pub const ADDRESS_TYPE: &str = "type.googleapis.com/istio.workload.Address";
 /// `type_url` of `istio.security.Authorization`.
 pub const AUTHORIZATION_TYPE: &str = "type.googleapis.com/istio.security.Authorization";
 
+/// The label a waypoint's pods carry (the Gateway they implement).
+const WAYPOINT_POD_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+
 /// What one good load produced.
 pub struct Published {
     /// For the ADS server.
@@ -52,14 +55,20 @@ pub fn publish(cluster: &Cluster, options: &Options) -> Published {
     for (name, authn) in &resources.jwt_authentications {
         snapshot.insert(name.clone(), pack(JWT_AUTHENTICATION_TYPE_URL, authn));
     }
-    let workloads = NodeWorkloads::from_pods(cluster.pods().filter_map(|pod| {
+    let live = || cluster.pods().filter(|pod| !pod.phase.is_terminal());
+    let workloads = NodeWorkloads::from_pods(live().filter_map(|pod| {
         let node = pod.node_name.as_deref()?;
-        (!pod.phase.is_terminal()).then_some((
+        Some((
             node,
             pod.meta.namespace.as_str(),
             pod.service_account.as_str(),
         ))
-    }));
+    }))
+    .with_waypoints(
+        live()
+            .filter(|pod| pod.meta.labels.contains_key(WAYPOINT_POD_LABEL))
+            .map(|pod| (pod.meta.namespace.as_str(), pod.service_account.as_str())),
+    );
     Published {
         snapshot: Arc::new(snapshot),
         workloads,

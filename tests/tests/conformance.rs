@@ -4,8 +4,11 @@
 //! ztunnel on each node, our control plane serving world + case YAML; each request is a real
 //! connection whose fate is compared with the case's verdict.
 //!
-//! Waypoint cases (and ztunnel cases that need a waypoint) are skipped, with the reason, until
-//! the waypoint exists. `AUTHZ_CASES` names another cases file in the same format.
+//! The world's waypoint pod runs the real `waypoint` binary (its own identity from the CA, its
+//! configuration over xDS); waypoint cases send real HTTP requests (with tokens minted from the
+//! suite's keys) through client ztunnel -> waypoint -> destination ztunnel -> application, and
+//! read the verdict from the status code. `AUTHZ_CASES` names another cases file in the same
+//! format.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // tests: a panic is the failure report; the runner reports per request
 
@@ -46,6 +49,79 @@ struct Request {
     expect: String,
     #[serde(default)]
     dry_run: Option<String>,
+    #[serde(default)]
+    http: Option<HttpRequest>,
+}
+
+#[derive(Deserialize)]
+struct HttpRequest {
+    method: String,
+    path: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    jwt: Option<Jwt>,
+}
+
+#[derive(Deserialize)]
+struct Jwt {
+    key: String,
+    claims: serde_json::Value,
+    #[serde(default)]
+    expired: bool,
+}
+
+/// The waypoint of world.yaml: `payments/waypoint`, run by pod `waypoint-0`.
+const WAYPOINT_POD: &str = "waypoint-0";
+
+/// An ES256 token over `jwt.claims`, valid for an hour (or expired an hour ago), signed with
+/// the suite's trusted or untrusted key; the trusted key's JWKS names it `conformance-trusted-1`.
+fn mint(jwt: &Jwt) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut claims = jwt.claims.clone();
+    let exp = if jwt.expired { now - 3600 } else { now + 3600 };
+    claims["exp"] = serde_json::json!(exp);
+    claims["iat"] = serde_json::json!(now - 60);
+    let pem = std::fs::read(shared().join(format!("jwt/{}-key.pem", jwt.key))).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(&pem).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("conformance-trusted-1".to_owned());
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+/// What became of one HTTP request, as the README's verdict table reads a status.
+async fn http_attempt(from: &Pod, to: SocketAddr, http: &HttpRequest) -> String {
+    let mut headers: Vec<(String, String)> = http
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some(jwt) = &http.jwt {
+        headers.push(("authorization".to_owned(), format!("Bearer {}", mint(jwt))));
+    }
+    let result = timeout(WAIT, async {
+        let stream = from.netns().connect(to).await.map_err(|e| e.to_string())?;
+        e2e::http::request(stream, &http.method, &http.path, &headers).await
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} -> {to} did not finish within {WAIT:?}", from.name()));
+    match result {
+        Ok(reply) => match reply.status.as_u16() {
+            200 if reply.body.starts_with(&format!("{} ", http.method)) => "allow".to_owned(),
+            403 if reply.body == "RBAC: access denied"
+                || reply.body == "Audiences in Jwt are not allowed" =>
+            {
+                "deny".to_owned()
+            }
+            401 => "unauthenticated".to_owned(),
+            503 => "unavailable".to_owned(),
+            other => format!("status {other} ({:?})", reply.body),
+        },
+        Err(err) => format!("failed: {err}"),
+    }
 }
 
 /// What the runner needs of a world pod.
@@ -112,6 +188,29 @@ fn read_world(text: &str) -> (Vec<WorldPod>, BTreeMap<String, Ipv4Addr>, Vec<Str
     (pods, services, ambient)
 }
 
+/// `(kind, namespace, name)` of a YAML document.
+fn object_key(document: &str) -> Option<(String, String, String)> {
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(document).ok()?;
+    let s = |v: &serde_yaml_ng::Value| v.as_str().unwrap_or_default().to_owned();
+    Some((
+        s(&doc["kind"]),
+        s(&doc["metadata"]["namespace"]),
+        s(&doc["metadata"]["name"]),
+    ))
+}
+
+/// The world with the case's documents added; a case object with the kind, namespace and name
+/// of a world object replaces it (README: case format).
+fn overlay(world: &str, config: &str) -> String {
+    let replaced: std::collections::BTreeSet<_> =
+        config.split("\n---\n").filter_map(object_key).collect();
+    let kept: Vec<&str> = world
+        .split("\n---\n")
+        .filter(|doc| object_key(doc).is_none_or(|key| !replaced.contains(&key)))
+        .collect();
+    format!("{}\n---\n{config}", kept.join("\n---\n"))
+}
+
 /// What became of one connection: echoed intact, or refused (no byte back).
 async fn attempt(from: &Pod, to: SocketAddr) -> &'static str {
     let data = payload(4096, 5);
@@ -155,14 +254,8 @@ async fn run_cases() {
     }
     let mut pods: BTreeMap<String, (Pod, WorldPod)> = BTreeMap::new();
     let mut servers = Vec::new();
+    let mut waypoint_pod = None;
     for world_pod in &world_pods {
-        // The waypoint's pod has no application; waypoint cases are skipped.
-        if world_pod
-            .labels
-            .contains_key("gateway.networking.k8s.io/gateway-name")
-        {
-            continue;
-        }
         let pod = mesh.add_pod_at(
             nodes[&world_pod.node],
             &world_pod.name,
@@ -179,6 +272,12 @@ async fn run_cases() {
         if enrolled {
             mesh.enroll(&pod);
         }
+        // The waypoint's pod runs the waypoint, not an application.
+        if world_pod.name == WAYPOINT_POD {
+            mesh.add_ca_caller(&pod, &world_pod.namespace, &world_pod.service_account);
+            waypoint_pod = Some(pod);
+            continue;
+        }
         pods.insert(
             format!("{}/{}", world_pod.namespace, world_pod.name),
             (pod, world_pod.clone()),
@@ -187,23 +286,23 @@ async fn run_cases() {
     let first = nodes["node-a"];
     mesh.start_control_plane_with(first, &world_text).await;
     mesh.start().await;
+    let waypoint_pod = waypoint_pod.expect("world.yaml has the waypoint pod");
+    mesh.start_waypoint(&waypoint_pod, "payments", "waypoint", "waypoint")
+        .await;
     for (pod, world_pod) in pods.values() {
         for port in &world_pod.ports {
             servers.push(Server::serve(
                 pod.netns().listen(pod.addr(*port)),
-                Behaviour::Echo,
+                Behaviour::EchoOrHttp,
             ));
         }
     }
 
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for (index, case) in cases.cases.iter().enumerate() {
-        let why_skip = if case.point != "ztunnel" {
-            Some("waypoint cases need the waypoint (not built yet)")
-        } else if case.config.contains("use-waypoint") {
-            Some("needs the waypoint (not built yet)")
-        } else {
-            None
+        let why_skip = match case.point.as_str() {
+            "ztunnel" | "waypoint" => None,
+            _ => Some("unknown enforcement point"),
         };
         if let Some(why) = why_skip {
             for (i, request) in case.requests.iter().enumerate() {
@@ -215,12 +314,15 @@ async fn run_cases() {
             }
             continue;
         }
-        // A marker policy in a namespace without pods changes no verdict, and tells when every
-        // ztunnel has this case's configuration.
+        // Marker policies that match nobody change no verdict, and tell when every ztunnel
+        // (one in a namespace without pods) and the waypoint (one bound to its Gateway) has
+        // this case's configuration.
         let marker = format!("zz-sync/case-{index}");
+        let waypoint_marker = format!("payments/zz-sync-case-{index}");
         let text = format!(
-            "{world_text}\n---\n{}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: case-{index}, namespace: zz-sync}}\nspec: {{action: DENY, rules: [{{from: [{{source: {{namespaces: [\"zz-none\"]}}}}]}}]}}\n",
-            case.config
+            "{}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: case-{index}, namespace: zz-sync}}\nspec: {{action: DENY, rules: [{{from: [{{source: {{namespaces: [\"zz-none\"]}}}}]}}]}}\n\
+             ---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: zz-sync-case-{index}, namespace: payments}}\nspec: {{targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}], action: DENY, rules: [{{from: [{{source: {{namespaces: [\"zz-none\"]}}}}]}}]}}\n",
+            overlay(&world_text, &case.config)
         );
         mesh.write_cluster_text(&text);
         for node in nodes.values() {
@@ -228,6 +330,9 @@ async fn run_cases() {
                 .wait_for_lines(&["xDS resources received", &marker], 1)
                 .await;
         }
+        mesh.waypoint(WAYPOINT_POD)
+            .wait_for_lines(&["waypoint policy received", &waypoint_marker], 1)
+            .await;
         for (i, request) in case.requests.iter().enumerate() {
             let (from, _) = &pods[&request.from];
             // The destination's node, when the request names a pod: where a dry-run report is.
@@ -245,8 +350,16 @@ async fn run_cases() {
             };
             let dry_run_needle = format!("src={}", from.ip());
             let report = ["dry-run verdict", dry_run_needle.as_str()];
-            let dry_before = destination_node.map(|n| mesh.ztunnel(n).count(&report));
-            let observed = attempt(from, target).await;
+            let at_waypoint = case.point == "waypoint" && destination_node.is_none();
+            let dry_before = match (at_waypoint, destination_node) {
+                (true, _) => Some(mesh.waypoint(WAYPOINT_POD).count(&report)),
+                (false, Some(n)) => Some(mesh.ztunnel(n).count(&report)),
+                (false, None) => None,
+            };
+            let observed = match &request.http {
+                Some(http) => http_attempt(from, target, http).await,
+                None => attempt(from, target).await.to_owned(),
+            };
             let mut ok = observed == request.expect;
             let mut dry_note = String::new();
             if let Some(want) = &request.dry_run {
@@ -255,10 +368,15 @@ async fn run_cases() {
                 } else {
                     "verdict=\"allow\""
                 };
-                let seen = match (destination_node, dry_before) {
-                    (Some(node), Some(before)) => {
-                        // Written before the verdict reached the client, but read through a
-                        // pipe: wait for it rather than look once.
+                // Written before the verdict reached the client, but read through a pipe: wait
+                // for it rather than look once.
+                let seen = match (at_waypoint, destination_node, dry_before) {
+                    (true, _, Some(before)) => {
+                        let process = mesh.waypoint(WAYPOINT_POD);
+                        let lines = process.wait_for_lines(&report, before + 1).await;
+                        lines.last().is_some_and(|l| l.contains(word))
+                    }
+                    (false, Some(node), Some(before)) => {
                         let lines = mesh.ztunnel(node).wait_for_lines(&report, before + 1).await;
                         lines.last().is_some_and(|l| l.contains(word))
                     }
@@ -285,7 +403,9 @@ async fn run_cases() {
             }
         }
     }
-    println!("conformance at ztunnel: {passed} passed, {failed} failed, {skipped} skipped");
+    println!(
+        "conformance at ztunnel and waypoint: {passed} passed, {failed} failed, {skipped} skipped"
+    );
     assert_eq!(
         failed, 0,
         "{failed} request(s) did not get their verdict (see the lines above)"

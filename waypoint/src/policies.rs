@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use mesh::policy::{Authorization, PolicyTarget, TargetKind, TargetedPolicy};
 use mesh::xds::{Delta, Rejection, XdsHandler};
 use prost::Message;
-use tracing::info;
+use tracing::{debug, info};
 use xds_proto::mesh::waypoint::v1 as pb;
 use xds_proto::{JWT_AUTHENTICATION_TYPE_URL, L7_AUTHORIZATION_TYPE_URL};
 
@@ -142,8 +142,9 @@ impl PolicyStore {
                     resources.authn.insert(added.name.clone(), entry);
                 })
             };
-            if let Err(reason) = outcome {
-                rejections.push(Rejection::new(added.name, reason));
+            match outcome {
+                Ok(()) => debug!(name = added.name, type_url, "waypoint policy received"),
+                Err(reason) => rejections.push(Rejection::new(added.name, reason)),
             }
         }
         match self.index(&resources) {

@@ -3,7 +3,7 @@
 use xds_proto::istio::security as sec;
 use xds_proto::istio::security::string_match::MatchType;
 
-use super::super::{NoteKind, Resources};
+use super::super::NoteKind;
 use super::{authorization, translate_yaml};
 use crate::k8s::AuthorizationAction;
 
