@@ -211,6 +211,34 @@ fn overlay(world: &str, config: &str) -> String {
     format!("{}\n---\n{config}", kept.join("\n---\n"))
 }
 
+/// The waypoint's Prometheus text, fetched from inside its pod.
+async fn scrape_waypoint(pod: &Pod) -> String {
+    let reply = timeout(WAIT, async {
+        let stream = pod.netns().connect(pod.addr(15020)).await.unwrap();
+        e2e::http::request(stream, "GET", "/metrics", &[]).await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(reply.status.as_u16(), 200, "{}", reply.body);
+    reply.body
+}
+
+/// The sum of `name`'s samples whose labels include every `(label, value)` of `want`.
+fn sum_series(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix('{'))
+        .filter_map(|rest| rest.rsplit_once("} "))
+        .filter(|(labels, _)| {
+            want.iter().all(|(k, v)| {
+                let pair = format!("{k}=\"{v}\"");
+                labels.split(',').any(|kv| kv == pair)
+            })
+        })
+        .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+        .sum()
+}
+
 /// What became of one connection: echoed intact, or refused (no byte back).
 async fn attempt(from: &Pod, to: SocketAddr) -> &'static str {
     let data = payload(4096, 5);
@@ -299,6 +327,8 @@ async fn run_cases() {
     }
 
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    // (client identity, status) -> requests the waypoint answered, to check its metrics by.
+    let mut through_waypoint: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
     for (index, case) in cases.cases.iter().enumerate() {
         let why_skip = match case.point.as_str() {
             "ztunnel" | "waypoint" => None,
@@ -360,6 +390,20 @@ async fn run_cases() {
                 Some(http) => http_attempt(from, target, http).await,
                 None => attempt(from, target).await.to_owned(),
             };
+            if request.http.is_some() && at_waypoint {
+                let (_, world_pod) = &pods[&request.from];
+                let code = match observed.as_str() {
+                    "allow" => "200",
+                    "deny" => "403",
+                    "unauthenticated" => "401",
+                    _ => "other",
+                };
+                let principal = format!(
+                    "spiffe://cluster.local/ns/{}/sa/{}",
+                    world_pod.namespace, world_pod.service_account
+                );
+                *through_waypoint.entry((principal, code)).or_default() += 1;
+            }
             let mut ok = observed == request.expect;
             let mut dry_note = String::new();
             if let Some(want) = &request.dry_run {
@@ -403,6 +447,37 @@ async fn run_cases() {
             }
         }
     }
+    // Every request the waypoint answered is one `istio_requests_total` increment, labelled with
+    // the client's identity and the status it got.
+    let scraped = scrape_waypoint(&waypoint_pod).await;
+    for ((principal, code), want) in &through_waypoint {
+        let got = sum_series(
+            &scraped,
+            "istio_requests_total",
+            &[
+                ("reporter", "waypoint"),
+                ("source_principal", principal),
+                ("response_code", code),
+                ("destination_service", "api.payments.svc.cluster.local"),
+                ("connection_security_policy", "mutual_tls"),
+            ],
+        );
+        let verdict = if got == *want as f64 {
+            ""
+        } else {
+            "  <-- FAILED"
+        };
+        println!(
+            "istio_requests_total{{source_principal={principal}, response_code={code}}}: {got}, requests sent {want}{verdict}"
+        );
+        if !verdict.is_empty() {
+            failed += 1;
+        }
+    }
+    assert!(
+        !through_waypoint.is_empty(),
+        "no request went through the waypoint"
+    );
     println!(
         "conformance at ztunnel and waypoint: {passed} passed, {failed} failed, {skipped} skipped"
     );

@@ -87,6 +87,14 @@ pub struct Config {
     #[arg(long, env = "WAYPOINT_LISTEN", default_value = "0.0.0.0:15008")]
     pub listen: SocketAddr,
 
+    /// Prometheus metrics (`/metrics`, `/stats/prometheus`).
+    #[arg(long, env = "STATS_ADDR", default_value = "0.0.0.0:15020")]
+    pub stats_addr: SocketAddr,
+
+    /// Readiness (`/healthz/ready`: 200 once configured and serving).
+    #[arg(long, env = "READINESS_ADDR", default_value = "0.0.0.0:15021")]
+    pub readiness_addr: SocketAddr,
+
     /// Lifetime asked for the waypoint's certificate.
     #[arg(long, env = "SECRET_TTL", default_value = "24h", value_parser = parse_duration)]
     pub secret_ttl: Duration,

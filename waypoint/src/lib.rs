@@ -6,6 +6,7 @@
 
 pub mod authn;
 pub mod config;
+pub mod metrics;
 pub mod path;
 pub mod policies;
 pub mod proxy;

@@ -3,22 +3,28 @@
 //! 15008 until SIGTERM, and drains.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use ::http::StatusCode;
 use anyhow::Context;
 use clap::Parser;
 use mesh::control;
 use mesh::hbone::pool::{Pool, PoolSettings};
 use mesh::identity::{
-    CertStore, IstioCaClient, IstioCaSettings, RefreshPolicy, SpiffeId, TrustDomain,
+    CertStore, CertStoreCollector, IstioCaClient, IstioCaSettings, RefreshPolicy, SpiffeId,
+    TrustDomain,
 };
 use mesh::state::Directory;
 use mesh::state::xds_feed::{ADDRESS_TYPE, XdsFeed};
+use mesh::telemetry::http;
 use mesh::telemetry::logging::{self, LogFormat};
 use mesh::xds::{AdsClient, Subscription};
+use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 use waypoint::authn::{Authenticator, AuthnSettings};
 use waypoint::config::Config;
+use waypoint::metrics::{Metrics, Reporter};
 use waypoint::policies::{GatewayRef, PolicyStore};
 use waypoint::proxy::{self, Inputs, Limits};
 use waypoint::upstream::Forwarder;
@@ -116,6 +122,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    registry.register_collector(Box::new(CertStoreCollector::new(certs.clone())));
+    let ready = Arc::new(AtomicBool::new(false));
+    serve_operator_ports(&config, registry, Arc::clone(&ready), shutdown.clone()).await?;
+
     let pool = Pool::new(PoolSettings::default(), certs.clone());
     pool.spawn_reaper(shutdown.clone());
     let limits = Limits {
@@ -135,13 +147,79 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Forwarder::new(pool, config.connect_timeout),
         Authenticator::new(AuthnSettings::default()),
         limits,
+        metrics,
+        Reporter {
+            namespace: config.pod_namespace.clone(),
+            cluster: config.cluster_id.clone(),
+        },
     ));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding the HBONE listener {}", config.listen))?;
+    ready.store(true, Ordering::Release);
     info!(listen = %config.listen, "waypoint ready");
+    let draining = shutdown.clone();
+    let not_ready = Arc::clone(&ready);
+    tokio::spawn(async move {
+        draining.cancelled().await;
+        // Probes see the drain at once, so no new client is sent here.
+        not_ready.store(false, Ordering::Release);
+    });
     proxy::serve(listener, inputs, shutdown, config.drain_timeout).await;
     info!("waypoint stopped");
+    Ok(())
+}
+
+/// Metrics on `--stats-addr` and readiness on `--readiness-addr`, bound now so a taken port
+/// fails start-up with its name.
+async fn serve_operator_ports(
+    config: &Config,
+    registry: Registry,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let stats = http::bind(config.stats_addr)
+        .await
+        .context("--stats-addr / STATS_ADDR")?;
+    let readiness = http::bind(config.readiness_addr)
+        .await
+        .context("--readiness-addr / READINESS_ADDR")?;
+    let registry = Arc::new(registry);
+    tokio::spawn(http::serve(
+        stats,
+        move |parts| {
+            let registry = Arc::clone(&registry);
+            async move {
+                match parts.uri.path() {
+                    "/metrics" | "/stats/prometheus" => {
+                        let accept = parts
+                            .headers
+                            .get(hyper::header::ACCEPT)
+                            .and_then(|v| v.to_str().ok());
+                        mesh::telemetry::metrics::scrape(&registry, accept)
+                    }
+                    _ => http::text(StatusCode::NOT_FOUND, "not found\n"),
+                }
+            }
+        },
+        shutdown.clone(),
+    ));
+    tokio::spawn(http::serve(
+        readiness,
+        move |parts| {
+            let ready = ready.load(Ordering::Acquire);
+            async move {
+                match (parts.uri.path(), ready) {
+                    ("/healthz/ready", true) => http::text(StatusCode::OK, "ready\n"),
+                    ("/healthz/ready", false) => {
+                        http::text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    }
+                    _ => http::text(StatusCode::NOT_FOUND, "not found\n"),
+                }
+            }
+        },
+        shutdown,
+    ));
     Ok(())
 }
 

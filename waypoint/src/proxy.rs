@@ -17,7 +17,7 @@ use mesh::hbone::server::{IncomingTunnel, serve_connection};
 use mesh::hbone::{Authority, Baggage, H2Settings};
 use mesh::identity::{CertStore, SpiffeId};
 use mesh::policy::{ConnectionAttrs, Verdict, evaluate};
-use mesh::state::{Directory, Resolution, Workload};
+use mesh::state::{Directory, Resolution, Service, Workload};
 use mesh::tls::{self, TrustBundles};
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::authn::Authenticator;
+use crate::metrics::{Metrics, Peers, Reporter};
 use crate::policies::PolicyStore;
 use crate::request::{self, Downstream};
 use crate::sniff::{Prefixed, Protocol, sniff};
@@ -78,6 +79,10 @@ pub struct Inputs {
     pub authenticator: Authenticator,
     /// Limits.
     pub limits: Limits,
+    /// Request and TCP metrics.
+    pub metrics: Arc<Metrics>,
+    /// The waypoint's own labels.
+    pub reporter: Reporter,
     server_config: Mutex<Option<(String, Arc<ServerConfig>)>>,
 }
 
@@ -94,6 +99,8 @@ impl Inputs {
         forwarder: Forwarder,
         authenticator: Authenticator,
         limits: Limits,
+        metrics: Arc<Metrics>,
+        reporter: Reporter,
     ) -> Self {
         Self {
             identity,
@@ -105,6 +112,8 @@ impl Inputs {
             forwarder,
             authenticator,
             limits,
+            metrics,
+            reporter,
             server_config: Mutex::new(None),
         }
     }
@@ -293,13 +302,7 @@ impl Client {
             Protocol::Http2 => Version::Http2,
             Protocol::Tcp => {
                 let io = io.into_inner();
-                self.tcp(
-                    io,
-                    source,
-                    target,
-                    service.map(|s| (s.namespace.clone(), s.name.clone())),
-                )
-                .await;
+                self.tcp(io, source, target, service).await;
                 return;
             }
         };
@@ -360,11 +363,32 @@ impl Client {
         mut io: S,
         source: SocketAddr,
         target: SocketAddr,
-        service: Option<(String, String)>,
+        service: Option<Arc<Service>>,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
+        let snapshot = self.inputs.directory.load();
+        let mut peers = Peers {
+            source: snapshot.workload_by_ip(&self.inputs.network, source.ip()),
+            source_principal: self.identity.to_string(),
+            destination: None,
+            service_host: service
+                .as_ref()
+                .map(|s| s.hostname.clone())
+                .unwrap_or_default(),
+            service_name: service.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+        };
+        let reporter = &self.inputs.reporter;
+        let metrics = &self.inputs.metrics;
+        let refused = |peers: &Peers, flags| {
+            let labels = reporter.tcp_labels(peers, flags);
+            metrics.tcp_opened(&labels);
+            metrics.tcp_closed(&labels, 0, 0);
+        };
         let policies = self.inputs.policies.load();
+        let key = service
+            .as_ref()
+            .map(|s| (s.namespace.clone(), s.name.clone()));
         let attrs = ConnectionAttrs {
             source_identity: Some(self.identity.clone()),
             source_ip: source.ip(),
@@ -372,18 +396,21 @@ impl Client {
             destination_port: target.port(),
         };
         if let Verdict::Deny(reason) =
-            evaluate(policies.authorizations(service.as_ref()), &attrs).verdict
+            evaluate(policies.authorizations(key.as_ref()), &attrs).verdict
         {
             info!(src.identity = %self.identity, dst = %target, %reason, "TCP connection denied");
+            refused(&peers, "DENY");
             return;
         }
         let (addr, workload, expected) = match self.inputs.pick_endpoint(target) {
             Ok(picked) => picked,
             Err(why) => {
                 warn!(src = %source, dst = %target, reason = why, "no upstream for TCP connection");
+                refused(&peers, "UH");
                 return;
             }
         };
+        peers.destination = Some(Arc::clone(&workload));
         let endpoint = Endpoint {
             addr,
             expected,
@@ -394,15 +421,20 @@ impl Client {
             Ok(tunnel) => tunnel,
             Err(err) => {
                 warn!(dst = %target, endpoint = %workload.uid, error = %mesh::errors::chain(&err), "TCP upstream failed");
+                refused(&peers, "UF");
                 return;
             }
         };
+        let labels = reporter.tcp_labels(&peers, "-");
+        metrics.tcp_opened(&labels);
         match tokio::io::copy_bidirectional(&mut io, &mut upstream).await {
-            Ok((sent, received)) => {
-                info!(src = %source, dst = %target, sent, received, "TCP connection complete")
+            Ok((received, sent)) => {
+                info!(src = %source, dst = %target, sent, received, "TCP connection complete");
+                metrics.tcp_closed(&labels, sent, received);
             }
             Err(err) => {
-                debug!(src = %source, dst = %target, error = %err, "TCP connection ended with an error")
+                debug!(src = %source, dst = %target, error = %err, "TCP connection ended with an error");
+                metrics.tcp_closed(&reporter.tcp_labels(&peers, "UC"), 0, 0);
             }
         }
     }

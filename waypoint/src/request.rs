@@ -7,6 +7,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -21,13 +22,14 @@ use mesh::policy::{
     AllowSetOutcome, ConnectionAttrs, DenyReason, DryRunReport, RequestAttrs, RequestAuth, Verdict,
     evaluate_request,
 };
-use mesh::state::Service;
+use mesh::state::{Service, Workload};
 use tracing::{info, warn};
 
-use crate::authn::Outcome;
+use crate::authn::Outcome as Authn;
+use crate::metrics::{self, Completion, Counted, Metered, Peers, RequestLabels, UpstreamBody};
 use crate::path::normalize;
 use crate::proxy::Inputs;
-use crate::upstream::{Endpoint, Upstreams, Version};
+use crate::upstream::{Endpoint, UpstreamError, Upstreams, Version};
 
 /// What the client reads: the endpoint's body, or one the waypoint wrote.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -63,15 +65,57 @@ pub struct Downstream {
     pub upstreams: tokio::sync::Mutex<Upstreams>,
 }
 
+/// How the waypoint's part of one request went, for its log line and metrics.
+#[derive(Default)]
+struct Outcome {
+    /// Why the waypoint answered itself; empty when the endpoint answered.
+    note: String,
+    /// Envoy's response flag, `-` when none.
+    flags: &'static str,
+    /// The endpoint picked.
+    endpoint: Option<Arc<Workload>>,
+}
+
+impl Outcome {
+    fn local(note: impl Into<String>, flags: &'static str) -> Self {
+        Self {
+            note: note.into(),
+            flags,
+            endpoint: None,
+        }
+    }
+}
+
 /// Serves one request; never fails, since every failure is a response.
 pub async fn handle(
     down: Arc<Downstream>,
     request: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Response<Metered<ProxyBody>>, Infallible> {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let (response, note) = down.process(request).await;
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"));
+    let request_headers = metrics::header_bytes(request.headers())
+        + (method.as_str().len() + request.uri().to_string().len() + 12) as u64;
+    let request_body = Arc::new(AtomicU64::new(0));
+    let request = request.map(|body| Counted::new(body, Arc::clone(&request_body)));
+    let (response, outcome) = down.process(request).await;
+    let note = outcome.note.clone();
+    let labels = down.labels(&outcome, response.status().as_u16(), grpc);
+    let completion = Completion {
+        metrics: Arc::clone(&down.inputs.metrics),
+        labels,
+        started,
+        request_headers,
+        request_body,
+        response_headers: metrics::header_bytes(response.headers()) + 17,
+        grpc,
+    };
+    let response = response.map(|body| Metered::new(body, completion));
     info!(
         src.identity = %down.client,
         src.addr = %down.source,
@@ -81,6 +125,7 @@ pub async fn handle(
         path,
         status = response.status().as_u16(),
         duration_ms = started.elapsed().as_millis(),
+        flags = outcome.flags,
         note,
         "request complete"
     );
@@ -106,8 +151,31 @@ impl Downstream {
             .map(|s| (s.namespace.clone(), s.name.clone()))
     }
 
-    /// The response, and a few words for the access log when the waypoint answered itself.
-    async fn process(&self, request: Request<Incoming>) -> (Response<ProxyBody>, String) {
+    fn labels(&self, outcome: &Outcome, status: u16, grpc: bool) -> RequestLabels {
+        let snapshot = self.inputs.directory.load();
+        let peers = Peers {
+            source: snapshot.workload_by_ip(&self.inputs.network, self.source.ip()),
+            source_principal: self.client.to_string(),
+            destination: outcome.endpoint.clone(),
+            service_host: self
+                .service
+                .as_ref()
+                .map(|s| s.hostname.clone())
+                .unwrap_or_default(),
+            service_name: self
+                .service
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default(),
+        };
+        let protocol = if grpc { "grpc" } else { "http" };
+        self.inputs
+            .reporter
+            .request_labels(&peers, protocol, status, outcome.flags)
+    }
+
+    /// The response, and how the waypoint's part of it went.
+    async fn process(&self, request: Request<UpstreamBody>) -> (Response<ProxyBody>, Outcome) {
         if !request
             .method()
             .as_str()
@@ -116,7 +184,7 @@ impl Downstream {
         {
             return (
                 local(StatusCode::BAD_REQUEST, "invalid method"),
-                "method is not upper case".into(),
+                Outcome::local("method is not upper case", "-"),
             );
         }
         let raw = request
@@ -129,13 +197,16 @@ impl Downstream {
             Err(err) => {
                 return (
                     local(StatusCode::BAD_REQUEST, "invalid path"),
-                    err.to_string(),
+                    Outcome::local(err.to_string(), "-"),
                 );
             }
         };
         let (mut parts, body) = request.into_parts();
         if let Err(note) = rewrite_path(&mut parts.uri, &path, query) {
-            return (local(StatusCode::BAD_REQUEST, "invalid path"), note);
+            return (
+                local(StatusCode::BAD_REQUEST, "invalid path"),
+                Outcome::local(note, "-"),
+            );
         }
 
         let policies = self.inputs.policies.load();
@@ -150,17 +221,20 @@ impl Downstream {
                 .authenticate(&rules, &mut parts)
                 .await
             {
-                Outcome::NoToken => None,
-                Outcome::Authenticated(token) => Some(RequestAuth {
+                Authn::NoToken => None,
+                Authn::Authenticated(token) => Some(RequestAuth {
                     issuer: token.issuer,
                     subject: token.subject,
                     audiences: token.audiences,
                     presenter: token.presenter,
                     claims: token.claims,
                 }),
-                Outcome::Refused(refusal) => {
+                Authn::Refused(refusal) => {
                     let note = format!("token refused: {}", mesh::errors::chain(&refusal));
-                    return (local(refusal.status(), refusal.body()), note);
+                    return (
+                        local(refusal.status(), refusal.body()),
+                        Outcome::local(note, "-"),
+                    );
                 }
             }
         };
@@ -200,7 +274,10 @@ impl Downstream {
                 other => other.to_string(),
             };
             info!(src.identity = %self.client, dst = %self.target, reason = %reason, "request denied");
-            return (local(StatusCode::FORBIDDEN, DENIED_BODY), note);
+            return (
+                local(StatusCode::FORBIDDEN, DENIED_BODY),
+                Outcome::local(note, "RBAC"),
+            );
         }
 
         if self.version == Version::Http1 {
@@ -210,7 +287,7 @@ impl Downstream {
         self.forward(request).await
     }
 
-    async fn forward(&self, request: Request<Incoming>) -> (Response<ProxyBody>, String) {
+    async fn forward(&self, request: Request<UpstreamBody>) -> (Response<ProxyBody>, Outcome) {
         let (addr, workload, expected) = match self.inputs.pick_endpoint(self.target) {
             Ok(picked) => picked,
             Err(why) => return no_upstream(&why),
@@ -237,20 +314,31 @@ impl Downstream {
                 if self.version == Version::Http1 {
                     strip_hop_by_hop(&mut parts.headers);
                 }
-                (
-                    Response::from_parts(parts, Either::Left(body)),
-                    String::new(),
-                )
+                let outcome = Outcome {
+                    note: String::new(),
+                    flags: "-",
+                    endpoint: Some(workload),
+                };
+                (Response::from_parts(parts, Either::Left(body)), outcome)
             }
             Err(err) => {
                 let note = mesh::errors::chain(&err).to_string();
                 warn!(dst = %self.target, endpoint = %workload.uid, error = %note, "upstream request failed");
+                let flags = match err {
+                    UpstreamError::Tunnel { .. } => "UF",
+                    UpstreamError::Http { .. } => "UC",
+                };
+                let outcome = Outcome {
+                    note,
+                    flags,
+                    endpoint: Some(workload),
+                };
                 (
                     local(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "upstream connect error or disconnect/reset before headers",
                     ),
-                    note,
+                    outcome,
                 )
             }
         }
@@ -279,11 +367,11 @@ impl Downstream {
     }
 }
 
-pub(crate) fn no_upstream(why: &str) -> (Response<ProxyBody>, String) {
+fn no_upstream(why: &str) -> (Response<ProxyBody>, Outcome) {
     warn!(reason = why, "no upstream for request");
     (
         local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
-        why.to_owned(),
+        Outcome::local(why, "UH"),
     )
 }
 

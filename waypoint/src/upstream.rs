@@ -17,6 +17,8 @@ use mesh::identity::SpiffeId;
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use crate::metrics::UpstreamBody;
+
 /// Why a request could not be sent to its endpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -50,8 +52,8 @@ pub enum Version {
 }
 
 enum Sender {
-    Http1(http1::SendRequest<Incoming>),
-    Http2(http2::SendRequest<Incoming>),
+    Http1(http1::SendRequest<UpstreamBody>),
+    Http2(http2::SendRequest<UpstreamBody>),
 }
 
 /// One downstream connection's tunnels, by endpoint address.
@@ -93,7 +95,7 @@ impl Forwarder {
         upstreams: &tokio::sync::Mutex<Upstreams>,
         endpoint: Endpoint<'_>,
         version: Version,
-        request: Request<Incoming>,
+        request: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let addr = endpoint.addr;
         let http = |cause| UpstreamError::Http {
