@@ -11,6 +11,7 @@
 #![allow(clippy::print_stdout)] // test support: child logs are forwarded for failure diagnosis
 
 pub mod apps;
+pub mod authz_world;
 pub mod http;
 pub mod mesh;
 pub mod netns;

@@ -560,6 +560,19 @@ impl Mesh {
         service_account: &str,
         gateway: &str,
     ) {
+        self.start_waypoint_with(pod, namespace, service_account, gateway, &[])
+            .await;
+    }
+
+    /// [`Mesh::start_waypoint`] with more environment variables for the waypoint.
+    pub async fn start_waypoint_with(
+        &mut self,
+        pod: &Pod,
+        namespace: &str,
+        service_account: &str,
+        gateway: &str,
+        extra_env: &[(&str, String)],
+    ) {
         let cp = self
             .control_plane
             .as_ref()
@@ -573,7 +586,7 @@ impl Mesh {
             "--drain-timeout".to_owned(),
             self.drain_timeout.to_owned(),
         ];
-        let env = [
+        let mut env = vec![
             ("RUST_LOG", "info,waypoint=debug".to_owned()),
             ("XDS_ADDRESS", cp.address.clone()),
             ("CA_ROOT_CA", cp.root.display().to_string()),
@@ -585,6 +598,7 @@ impl Mesh {
             ("INSTANCE_IP", pod.ip().to_string()),
             ("NODE_NAME", self.node_name(pod.node())),
         ];
+        env.extend(extra_env.iter().cloned());
         let name = format!("waypoint-{}", pod.name());
         let mut process = Process::spawn(&name, PathBuf::from("ip"), &args, &env);
         process.wait_for_line("waypoint ready").await;

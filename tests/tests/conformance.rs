@@ -13,19 +13,15 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // tests: a panic is the failure report; the runner reports per request
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use e2e::WAIT;
-use e2e::apps::{Behaviour, Server, checksum, exchange, payload};
-use e2e::mesh::Mesh;
-use e2e::topology::{NodeId, Pod};
+use e2e::apps::{checksum, exchange, payload};
+use e2e::authz_world::{AuthzWorld, WAYPOINT_POD, overlay, scrape_waypoint, shared, sum_series};
+use e2e::topology::Pod;
 use serde::Deserialize;
 use tokio::time::timeout;
-
-fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/authz")
-}
 
 #[derive(Deserialize)]
 struct CaseFile {
@@ -70,9 +66,6 @@ struct Jwt {
     #[serde(default)]
     expired: bool,
 }
-
-/// The waypoint of world.yaml: `payments/waypoint`, run by pod `waypoint-0`.
-const WAYPOINT_POD: &str = "waypoint-0";
 
 /// An ES256 token over `jwt.claims`, valid for an hour (or expired an hour ago), signed with
 /// the suite's trusted or untrusted key; the trusted key's JWKS names it `conformance-trusted-1`.
@@ -124,121 +117,6 @@ async fn http_attempt(from: &Pod, to: SocketAddr, http: &HttpRequest) -> String 
     }
 }
 
-/// What the runner needs of a world pod.
-#[derive(Debug, Clone)]
-struct WorldPod {
-    name: String,
-    namespace: String,
-    service_account: String,
-    node: String,
-    ip: Ipv4Addr,
-    ports: Vec<u16>,
-    labels: BTreeMap<String, String>,
-}
-
-/// The pods, services (`ns/name` -> VIP) and ambient namespaces of world.yaml.
-fn read_world(text: &str) -> (Vec<WorldPod>, BTreeMap<String, Ipv4Addr>, Vec<String>) {
-    let (mut pods, mut services, mut ambient) = (Vec::new(), BTreeMap::new(), Vec::new());
-    for document in serde_yaml_ng::Deserializer::from_str(text) {
-        let doc = serde_yaml_ng::Value::deserialize(document).unwrap();
-        let s = |v: &serde_yaml_ng::Value| v.as_str().unwrap_or_default().to_owned();
-        let meta = &doc["metadata"];
-        match doc["kind"].as_str() {
-            Some("Namespace")
-                if doc["metadata"]["labels"]["istio.io/dataplane-mode"].as_str()
-                    == Some("ambient") =>
-            {
-                ambient.push(s(&meta["name"]));
-            }
-            Some("Pod") => {
-                let ports = doc["spec"]["containers"]
-                    .as_sequence()
-                    .into_iter()
-                    .flatten()
-                    .flat_map(|c| c["ports"].as_sequence().cloned().unwrap_or_default())
-                    .filter_map(|p| {
-                        p["containerPort"]
-                            .as_u64()
-                            .and_then(|p| u16::try_from(p).ok())
-                    })
-                    .collect();
-                let labels = meta["labels"]
-                    .as_mapping()
-                    .into_iter()
-                    .flatten()
-                    .map(|(k, v)| (s(k), s(v)))
-                    .collect();
-                pods.push(WorldPod {
-                    name: s(&meta["name"]),
-                    namespace: s(&meta["namespace"]),
-                    service_account: s(&doc["spec"]["serviceAccountName"]),
-                    node: s(&doc["spec"]["nodeName"]),
-                    ip: s(&doc["status"]["podIP"]).parse().unwrap(),
-                    ports,
-                    labels,
-                });
-            }
-            Some("Service") => {
-                let key = format!("{}/{}", s(&meta["namespace"]), s(&meta["name"]));
-                services.insert(key, s(&doc["spec"]["clusterIP"]).parse().unwrap());
-            }
-            _ => {}
-        }
-    }
-    (pods, services, ambient)
-}
-
-/// `(kind, namespace, name)` of a YAML document.
-fn object_key(document: &str) -> Option<(String, String, String)> {
-    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(document).ok()?;
-    let s = |v: &serde_yaml_ng::Value| v.as_str().unwrap_or_default().to_owned();
-    Some((
-        s(&doc["kind"]),
-        s(&doc["metadata"]["namespace"]),
-        s(&doc["metadata"]["name"]),
-    ))
-}
-
-/// The world with the case's documents added; a case object with the kind, namespace and name
-/// of a world object replaces it (README: case format).
-fn overlay(world: &str, config: &str) -> String {
-    let replaced: std::collections::BTreeSet<_> =
-        config.split("\n---\n").filter_map(object_key).collect();
-    let kept: Vec<&str> = world
-        .split("\n---\n")
-        .filter(|doc| object_key(doc).is_none_or(|key| !replaced.contains(&key)))
-        .collect();
-    format!("{}\n---\n{config}", kept.join("\n---\n"))
-}
-
-/// The waypoint's Prometheus text, fetched from inside its pod.
-async fn scrape_waypoint(pod: &Pod) -> String {
-    let reply = timeout(WAIT, async {
-        let stream = pod.netns().connect(pod.addr(15020)).await.unwrap();
-        e2e::http::request(stream, "GET", "/metrics", &[]).await
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert_eq!(reply.status.as_u16(), 200, "{}", reply.body);
-    reply.body
-}
-
-/// The sum of `name`'s samples whose labels include every `(label, value)` of `want`.
-fn sum_series(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter_map(|line| line.strip_prefix(name)?.strip_prefix('{'))
-        .filter_map(|rest| rest.rsplit_once("} "))
-        .filter(|(labels, _)| {
-            want.iter().all(|(k, v)| {
-                let pair = format!("{k}=\"{v}\"");
-                labels.split(',').any(|kv| kv == pair)
-            })
-        })
-        .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
-        .sum()
-}
-
 /// What became of one connection: echoed intact, or refused (no byte back).
 async fn attempt(from: &Pod, to: SocketAddr) -> &'static str {
     let data = payload(4096, 5);
@@ -270,61 +148,15 @@ async fn run_cases() {
         std::env::var_os("AUTHZ_CASES").map_or_else(|| shared().join("cases.yaml"), PathBuf::from);
     let cases: CaseFile =
         serde_yaml_ng::from_str(&std::fs::read_to_string(&cases_path).unwrap()).unwrap();
-    let world_text = std::fs::read_to_string(shared().join("world.yaml")).unwrap();
-    let (world_pods, services, ambient) = read_world(&world_text);
-
-    let mut mesh = Mesh::new("authz");
-    let mut nodes: BTreeMap<String, NodeId> = BTreeMap::new();
-    for pod in &world_pods {
-        if !nodes.contains_key(&pod.node) {
-            nodes.insert(pod.node.clone(), mesh.add_node(&pod.node));
-        }
-    }
-    let mut pods: BTreeMap<String, (Pod, WorldPod)> = BTreeMap::new();
-    let mut servers = Vec::new();
-    let mut waypoint_pod = None;
-    for world_pod in &world_pods {
-        let pod = mesh.add_pod_at(
-            nodes[&world_pod.node],
-            &world_pod.name,
-            &world_pod.namespace,
-            &world_pod.service_account,
-            world_pod.ip,
-        );
-        let enrolled = ambient.contains(&world_pod.namespace)
-            && world_pod
-                .labels
-                .get("istio.io/dataplane-mode")
-                .map(String::as_str)
-                != Some("none");
-        if enrolled {
-            mesh.enroll(&pod);
-        }
-        // The waypoint's pod runs the waypoint, not an application.
-        if world_pod.name == WAYPOINT_POD {
-            mesh.add_ca_caller(&pod, &world_pod.namespace, &world_pod.service_account);
-            waypoint_pod = Some(pod);
-            continue;
-        }
-        pods.insert(
-            format!("{}/{}", world_pod.namespace, world_pod.name),
-            (pod, world_pod.clone()),
-        );
-    }
-    let first = nodes["node-a"];
-    mesh.start_control_plane_with(first, &world_text).await;
-    mesh.start().await;
-    let waypoint_pod = waypoint_pod.expect("world.yaml has the waypoint pod");
-    mesh.start_waypoint(&waypoint_pod, "payments", "waypoint", "waypoint")
-        .await;
-    for (pod, world_pod) in pods.values() {
-        for port in &world_pod.ports {
-            servers.push(Server::serve(
-                pod.netns().listen(pod.addr(*port)),
-                Behaviour::EchoOrHttp,
-            ));
-        }
-    }
+    let AuthzWorld {
+        mut mesh,
+        nodes,
+        pods,
+        waypoint_pod,
+        services,
+        world_text,
+        servers: _servers,
+    } = AuthzWorld::start("authz", &[]).await;
 
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     // (client identity, status) -> requests the waypoint answered, to check its metrics by.

@@ -95,6 +95,15 @@ pub struct Config {
     #[arg(long, env = "READINESS_ADDR", default_value = "0.0.0.0:15021")]
     pub readiness_addr: SocketAddr,
 
+    /// OTLP/gRPC collector for request spans, e.g. `http://otel-collector.istio-system:4317`;
+    /// unset: no spans (a client's `traceparent` is still passed on).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Percentage of new traces sampled (a client's own decision is followed).
+    #[arg(long, env = "TRACE_SAMPLING", default_value_t = 1.0)]
+    pub trace_sampling: f64,
+
     /// Lifetime asked for the waypoint's certificate.
     #[arg(long, env = "SECRET_TTL", default_value = "24h", value_parser = parse_duration)]
     pub secret_ttl: Duration,

@@ -12,4 +12,5 @@ pub mod policies;
 pub mod proxy;
 pub mod request;
 pub mod sniff;
+pub mod traces;
 pub mod upstream;

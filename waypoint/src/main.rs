@@ -27,6 +27,7 @@ use waypoint::config::Config;
 use waypoint::metrics::{Metrics, Reporter};
 use waypoint::policies::{GatewayRef, PolicyStore};
 use waypoint::proxy::{self, Inputs, Limits};
+use waypoint::traces::Traces;
 use waypoint::upstream::Forwarder;
 use xds_proto::envoy::config::core::v3::Node;
 use xds_proto::{JWT_AUTHENTICATION_TYPE_URL, L7_AUTHORIZATION_TYPE_URL};
@@ -128,6 +129,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     serve_operator_ports(&config, registry, Arc::clone(&ready), shutdown.clone()).await?;
 
+    let traces = match config.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+        Some(endpoint) => {
+            let service = format!("{}.{}", config.gateway_name, config.pod_namespace);
+            let traces = Traces::start(endpoint, config.trace_sampling, service)
+                .context("OTEL_EXPORTER_OTLP_ENDPOINT")?;
+            info!(
+                collector = endpoint,
+                sampling = config.trace_sampling,
+                "request spans exported over OTLP"
+            );
+            Some(traces)
+        }
+        None => None,
+    };
+
     let pool = Pool::new(PoolSettings::default(), certs.clone());
     pool.spawn_reaper(shutdown.clone());
     let limits = Limits {
@@ -152,6 +168,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             namespace: config.pod_namespace.clone(),
             cluster: config.cluster_id.clone(),
         },
+        traces,
     ));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -165,7 +182,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
         // Probes see the drain at once, so no new client is sent here.
         not_ready.store(false, Ordering::Release);
     });
-    proxy::serve(listener, inputs, shutdown, config.drain_timeout).await;
+    proxy::serve(
+        listener,
+        Arc::clone(&inputs),
+        shutdown,
+        config.drain_timeout,
+    )
+    .await;
+    if let Some(traces) = &inputs.traces {
+        traces.shutdown().await;
+    }
     info!("waypoint stopped");
     Ok(())
 }

@@ -16,6 +16,8 @@ use bytes::Buf;
 use http::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
 use mesh::state::Workload;
+
+use crate::traces::RequestSpan;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -386,6 +388,10 @@ pub struct Completion {
     pub response_headers: u64,
     /// Whether the request is gRPC (so trailers carry a status).
     pub grpc: bool,
+    /// The request's span, ended with the response.
+    pub span: Option<RequestSpan>,
+    /// The endpoint that answered, for the span.
+    pub upstream: Option<String>,
 }
 
 /// A response body that records its request when it ends or is dropped.
@@ -424,6 +430,10 @@ impl<B: Body + Unpin> Metered<B> {
             request,
             done.response_headers + self.sent,
         );
+        if let Some(span) = done.span {
+            let status = done.labels.response_code.parse().unwrap_or(0);
+            span.end(status, done.labels.response_flags, done.upstream);
+        }
     }
 }
 

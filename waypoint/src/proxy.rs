@@ -30,6 +30,7 @@ use crate::metrics::{Metrics, Peers, Reporter};
 use crate::policies::PolicyStore;
 use crate::request::{self, Downstream};
 use crate::sniff::{Prefixed, Protocol, sniff};
+use crate::traces::Traces;
 use crate::upstream::{Endpoint, Forwarder, Upstreams, Version};
 
 /// Request and connection limits.
@@ -83,6 +84,8 @@ pub struct Inputs {
     pub metrics: Arc<Metrics>,
     /// The waypoint's own labels.
     pub reporter: Reporter,
+    /// Request spans, when an OTLP collector is configured.
+    pub traces: Option<Traces>,
     server_config: Mutex<Option<(String, Arc<ServerConfig>)>>,
 }
 
@@ -101,6 +104,7 @@ impl Inputs {
         limits: Limits,
         metrics: Arc<Metrics>,
         reporter: Reporter,
+        traces: Option<Traces>,
     ) -> Self {
         Self {
             identity,
@@ -114,6 +118,7 @@ impl Inputs {
             limits,
             metrics,
             reporter,
+            traces,
             server_config: Mutex::new(None),
         }
     }

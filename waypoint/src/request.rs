@@ -23,12 +23,14 @@ use mesh::policy::{
     evaluate_request,
 };
 use mesh::state::{Service, Workload};
+use opentelemetry::KeyValue;
 use tracing::{info, warn};
 
 use crate::authn::Outcome as Authn;
 use crate::metrics::{self, Completion, Counted, Metered, Peers, RequestLabels, UpstreamBody};
 use crate::path::normalize;
 use crate::proxy::Inputs;
+use crate::traces::RequestSpan;
 use crate::upstream::{Endpoint, UpstreamError, Upstreams, Version};
 
 /// What the client reads: the endpoint's body, or one the waypoint wrote.
@@ -102,8 +104,28 @@ pub async fn handle(
     let request_headers = metrics::header_bytes(request.headers())
         + (method.as_str().len() + request.uri().to_string().len() + 12) as u64;
     let request_body = Arc::new(AtomicU64::new(0));
+    let span = down.inputs.traces.as_ref().map(|traces| {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().authority().map(|a| a.as_str()))
+            .unwrap_or_default()
+            .to_owned();
+        let attributes = vec![
+            KeyValue::new("http.request.method", method.to_string()),
+            KeyValue::new("url.path", path.clone()),
+            KeyValue::new("url.scheme", "http"),
+            KeyValue::new("server.address", host),
+            KeyValue::new("network.protocol.version", down.version.as_str()),
+            KeyValue::new("client.address", down.source.ip().to_string()),
+            KeyValue::new("source.principal", down.client.to_string()),
+        ];
+        let service = down.service.as_ref().map_or("", |s| s.hostname.as_str());
+        traces.request_span(request.headers(), format!("{method} {service}"), attributes)
+    });
     let request = request.map(|body| Counted::new(body, Arc::clone(&request_body)));
-    let (response, outcome) = down.process(request).await;
+    let (response, outcome) = down.process(request, span.as_ref()).await;
     let note = outcome.note.clone();
     let labels = down.labels(&outcome, response.status().as_u16(), grpc);
     let completion = Completion {
@@ -114,6 +136,8 @@ pub async fn handle(
         request_body,
         response_headers: metrics::header_bytes(response.headers()) + 17,
         grpc,
+        span,
+        upstream: outcome.endpoint.as_ref().map(|w| w.uid.clone()),
     };
     let response = response.map(|body| Metered::new(body, completion));
     info!(
@@ -175,7 +199,11 @@ impl Downstream {
     }
 
     /// The response, and how the waypoint's part of it went.
-    async fn process(&self, request: Request<UpstreamBody>) -> (Response<ProxyBody>, Outcome) {
+    async fn process(
+        &self,
+        request: Request<UpstreamBody>,
+        span: Option<&RequestSpan>,
+    ) -> (Response<ProxyBody>, Outcome) {
         if !request
             .method()
             .as_str()
@@ -282,6 +310,10 @@ impl Downstream {
 
         if self.version == Version::Http1 {
             strip_hop_by_hop(&mut parts.headers);
+        }
+        // The endpoint's spans become children of the waypoint's.
+        if let (Some(traces), Some(span)) = (&self.inputs.traces, span) {
+            traces.inject(span, &mut parts.headers);
         }
         let request = Request::from_parts(parts, body);
         self.forward(request).await

@@ -51,6 +51,16 @@ pub enum Version {
     Http2,
 }
 
+impl Version {
+    /// As OTel's `network.protocol.version` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "1.1",
+            Self::Http2 => "2",
+        }
+    }
+}
+
 enum Sender {
     Http1(http1::SendRequest<UpstreamBody>),
     Http2(http2::SendRequest<UpstreamBody>),
