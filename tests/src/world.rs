@@ -61,6 +61,8 @@ pub struct Service {
     pub vip: Ipv4Addr,
     /// `(service port, target port)`.
     pub ports: Vec<(u16, u16)>,
+    /// The waypoint its traffic goes through: `(address, HBONE port)`.
+    pub waypoint: Option<(Ipv4Addr, u16)>,
 }
 
 impl Service {
@@ -156,6 +158,12 @@ impl World {
             );
             for (port, target) in &s.ports {
                 let _ = writeln!(out, "    {port}: {target}");
+            }
+            if let Some((ip, port)) = s.waypoint {
+                let _ = writeln!(
+                    out,
+                    "  waypoint: {{destination: \"/{ip}\", hboneMtlsPort: {port}}}"
+                );
             }
         }
         if self.services.is_empty() {

@@ -33,6 +33,7 @@ fn storefront(test: &str) -> World {
         namespace: "shop".into(),
         vip: API_VIP,
         ports: vec![(80, 8080)],
+        waypoint: None,
     };
     let mut api = Workload::new("api", "shop", API);
     api.services.push((api_service.key(), 80, 8080));

@@ -112,6 +112,7 @@ fn pods_on_two_nodes_talk_over_mtls_and_the_wire_shows_only_hbone() {
             namespace: "shop".into(),
             vip: DB_VIP,
             ports: vec![(80, APP_PORT)],
+            waypoint: None,
         };
         mesh.workload_mut("db")
             .services

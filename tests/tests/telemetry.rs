@@ -89,6 +89,7 @@ fn metrics_access_log_readiness_and_admin_tell_what_crossed() {
             namespace: "shop".into(),
             vip: API_VIP,
             ports: vec![(80, 8080)],
+            waypoint: None,
         };
         let mut api = Workload::new("api", "shop", API);
         api.services.push((api_service.key(), 80, 8080));
