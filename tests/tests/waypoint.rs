@@ -547,7 +547,6 @@ fn policy_and_restart() {
 /// Concurrent first requests on one HTTP/2 client connection share one upstream tunnel per
 /// endpoint (docs/waypoint.md: "tunnels are kept per client connection and endpoint").
 #[test]
-#[ignore = "bug: waypoint::upstream::Forwarder::send opens a tunnel per concurrent HTTP/2 request, keeps one"]
 fn http2_requests_share_one_upstream_tunnel_per_endpoint() {
     e2e::on_current_thread(async {
         let mut w = world("wpshare").await;

@@ -392,6 +392,26 @@ pub struct Completion {
     pub span: Option<RequestSpan>,
     /// The endpoint that answered, for the span.
     pub upstream: Option<String>,
+    /// What the access log line says besides the labels.
+    pub access: AccessLog,
+}
+
+/// The request as the access log names it.
+pub struct AccessLog {
+    /// The client's identity.
+    pub client: String,
+    /// The original client address.
+    pub source: std::net::SocketAddr,
+    /// The address dialed.
+    pub target: std::net::SocketAddr,
+    /// The Service FQDN, empty when addressed to a pod.
+    pub service: String,
+    /// The method.
+    pub method: String,
+    /// The path as received.
+    pub path: String,
+    /// Why the waypoint answered itself, if it did.
+    pub note: String,
 }
 
 /// A response body that records its request when it ends or is dropped.
@@ -423,13 +443,30 @@ impl<B: Body + Unpin> Metered<B> {
             "2".clone_into(&mut done.labels.grpc_response_status);
         }
         let request = done.request_headers + done.request_body.load(Ordering::Relaxed);
-        let millis = done.started.elapsed().as_secs_f64() * 1000.0;
-        done.metrics.record_request(
-            &done.labels,
-            millis,
-            request,
-            done.response_headers + self.sent,
+        let elapsed = done.started.elapsed();
+        let millis = elapsed.as_secs_f64() * 1000.0;
+        let response = done.response_headers + self.sent;
+        // One line per request, written when its response has ended (or was abandoned), so the
+        // duration, sizes and gRPC status are the final ones.
+        let access = &done.access;
+        tracing::info!(
+            src.identity = %access.client,
+            src.addr = %access.source,
+            dst = %access.target,
+            dst.service = %access.service,
+            method = %access.method,
+            path = ?access.path,
+            status = %done.labels.response_code,
+            grpc_status = %done.labels.grpc_response_status,
+            flags = %done.labels.response_flags,
+            request_bytes = request,
+            response_bytes = response,
+            duration_ms = elapsed.as_millis() as u64,
+            note = ?access.note,
+            "request complete"
         );
+        done.metrics
+            .record_request(&done.labels, millis, request, response);
         if let Some(span) = done.span {
             let status = done.labels.response_code.parse().unwrap_or(0);
             span.end(status, done.labels.response_flags, done.upstream);

@@ -24,10 +24,12 @@ use mesh::policy::{
 };
 use mesh::state::{Service, Workload};
 use opentelemetry::KeyValue;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::authn::Outcome as Authn;
-use crate::metrics::{self, Completion, Counted, Metered, Peers, RequestLabels, UpstreamBody};
+use crate::metrics::{
+    self, AccessLog, Completion, Counted, Metered, Peers, RequestLabels, UpstreamBody,
+};
 use crate::path::normalize;
 use crate::proxy::Inputs;
 use crate::traces::RequestSpan;
@@ -76,6 +78,8 @@ struct Outcome {
     flags: &'static str,
     /// The endpoint picked.
     endpoint: Option<Arc<Workload>>,
+    /// The client went away before a response could be sent.
+    client_gone: bool,
 }
 
 impl Outcome {
@@ -84,6 +88,7 @@ impl Outcome {
             note: note.into(),
             flags,
             endpoint: None,
+            client_gone: false,
         }
     }
 }
@@ -126,8 +131,12 @@ pub async fn handle(
     });
     let request = request.map(|body| Counted::new(body, Arc::clone(&request_body)));
     let (response, outcome) = down.process(request, span.as_ref()).await;
-    let note = outcome.note.clone();
-    let labels = down.labels(&outcome, response.status().as_u16(), grpc);
+    let status = if outcome.client_gone {
+        0
+    } else {
+        response.status().as_u16()
+    };
+    let labels = down.labels(&outcome, status, grpc);
     let completion = Completion {
         metrics: Arc::clone(&down.inputs.metrics),
         labels,
@@ -138,22 +147,21 @@ pub async fn handle(
         grpc,
         span,
         upstream: outcome.endpoint.as_ref().map(|w| w.uid.clone()),
+        access: AccessLog {
+            client: down.client.to_string(),
+            source: down.source,
+            target: down.target,
+            service: down
+                .service
+                .as_ref()
+                .map(|s| s.hostname.clone())
+                .unwrap_or_default(),
+            method: method.to_string(),
+            path,
+            note: outcome.note,
+        },
     };
-    let response = response.map(|body| Metered::new(body, completion));
-    info!(
-        src.identity = %down.client,
-        src.addr = %down.source,
-        dst = %down.target,
-        dst.service = down.service.as_ref().map_or("", |s| s.hostname.as_str()),
-        method = %method,
-        path,
-        status = response.status().as_u16(),
-        duration_ms = started.elapsed().as_millis(),
-        flags = outcome.flags,
-        note,
-        "request complete"
-    );
-    Ok(response)
+    Ok(response.map(|body| Metered::new(body, completion)))
 }
 
 fn local(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
@@ -350,11 +358,29 @@ impl Downstream {
                     note: String::new(),
                     flags: "-",
                     endpoint: Some(workload),
+                    client_gone: false,
                 };
                 (Response::from_parts(parts, Either::Left(body)), outcome)
             }
             Err(err) => {
                 let note = mesh::errors::chain(&err).to_string();
+                // The client's own body failed (it went away mid-upload): its loss, not the
+                // endpoint's, so no warning and no 503 blamed on the upstream.
+                if let UpstreamError::Http { cause, .. } = &err
+                    && cause.is_user()
+                {
+                    debug!(dst = %self.target, error = %note, "client went away mid-request");
+                    let outcome = Outcome {
+                        note,
+                        flags: "DC",
+                        endpoint: Some(workload),
+                        client_gone: true,
+                    };
+                    return (
+                        local(StatusCode::BAD_REQUEST, "client disconnected"),
+                        outcome,
+                    );
+                }
                 warn!(dst = %self.target, endpoint = %workload.uid, error = %note, "upstream request failed");
                 let flags = match err {
                     UpstreamError::Tunnel { .. } => "UF",
@@ -364,6 +390,7 @@ impl Downstream {
                     note,
                     flags,
                     endpoint: Some(workload),
+                    client_gone: false,
                 };
                 (
                     local(

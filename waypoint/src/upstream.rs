@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, Request, Response};
@@ -70,6 +71,18 @@ enum Sender {
 #[derive(Default)]
 pub struct Upstreams {
     senders: HashMap<SocketAddr, Sender>,
+    /// Held while an HTTP/2 tunnel to the endpoint is being opened, so concurrent first
+    /// requests wait for it and share it instead of each opening their own.
+    connecting: HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl Upstreams {
+    fn live_http2(&self, addr: &SocketAddr) -> Option<Sender> {
+        match self.senders.get(addr) {
+            Some(Sender::Http2(send)) if !send.is_closed() => Some(Sender::Http2(send.clone())),
+            _ => None,
+        }
+    }
 }
 
 /// Where a request goes.
@@ -114,17 +127,44 @@ impl Forwarder {
         };
         // HTTP/2 multiplexes: the sender stays shared. HTTP/1.1 carries one exchange at a time:
         // the sender is taken for the request and put back once the response has begun.
-        let reused = {
+        let (reused, connect_lock) = {
             let mut held = upstreams.lock().await;
             match held.senders.get(&addr) {
-                Some(Sender::Http2(send)) if !send.is_closed() => Some(Sender::Http2(send.clone())),
-                Some(Sender::Http1(send)) if !send.is_closed() => held.senders.remove(&addr),
-                _ => None,
+                Some(Sender::Http2(send)) if !send.is_closed() => {
+                    (Some(Sender::Http2(send.clone())), None)
+                }
+                Some(Sender::Http1(send)) if !send.is_closed() => {
+                    (held.senders.remove(&addr), None)
+                }
+                _ if version == Version::Http2 => {
+                    let lock = held.connecting.entry(addr).or_default();
+                    (None, Some(Arc::clone(lock)))
+                }
+                _ => (None, None),
             }
         };
-        let mut sender = match reused {
-            Some(sender) => sender,
-            None => self.connect(&endpoint, version).await?,
+        let mut sender = match (reused, connect_lock) {
+            (Some(sender), _) => sender,
+            (None, Some(lock)) => {
+                let _connecting = lock.lock().await;
+                // Whoever held the lock before may have opened the tunnel meanwhile.
+                let opened = upstreams.lock().await.live_http2(&addr);
+                match opened {
+                    Some(sender) => sender,
+                    None => {
+                        let sender = self.connect(&endpoint, version).await?;
+                        if let Sender::Http2(send) = &sender {
+                            upstreams
+                                .lock()
+                                .await
+                                .senders
+                                .insert(addr, Sender::Http2(send.clone()));
+                        }
+                        sender
+                    }
+                }
+            }
+            (None, None) => self.connect(&endpoint, version).await?,
         };
         let response = match &mut sender {
             Sender::Http1(send) => {
