@@ -107,6 +107,18 @@ impl Agent {
         config: &Path,
         log_dir: &Path,
     ) -> Result<Self, AgentError> {
+        Self::start_with(flavour, binary, config, log_dir, None)
+    }
+
+    /// [`Agent::start`], with our ztunnel signing with `signer` (certificate, key) instead of a
+    /// root of its own, so a process whose certificate comes from the same CA trusts it.
+    pub(crate) fn start_with(
+        flavour: Flavour,
+        binary: &Path,
+        config: &Path,
+        log_dir: &Path,
+        signer: Option<(&Path, &Path)>,
+    ) -> Result<Self, AgentError> {
         let log = log_dir.join(format!("ztunnel-{}.log", flavour.name()));
         let out = File::create(&log).map_err(|source| AgentError::Log {
             path: log.clone(),
@@ -129,6 +141,9 @@ impl Agent {
                     .arg("--local-xds-path")
                     .arg(config)
                     .args(["--node-name", e2e::world::NODE]);
+                if let Some((cert, key)) = signer {
+                    command.arg("--ca-cert").arg(cert).arg("--ca-key").arg(key);
+                }
             }
             // Dedicated mode, local config, built-in test CA: upstream's single-host setup.
             Flavour::Upstream => {

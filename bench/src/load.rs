@@ -297,7 +297,7 @@ async fn round_trip(
 
 /// Connects from `source` (port chosen at connect time: `IP_BIND_ADDRESS_NO_PORT`, so the
 /// connection loop is not limited by bind-time port reservation while ports sit in TIME_WAIT).
-async fn connect(source: Ipv4Addr, dst: SocketAddr) -> Result<TcpStream, LoadError> {
+pub(crate) async fn connect(source: Ipv4Addr, dst: SocketAddr) -> Result<TcpStream, LoadError> {
     let fail = |what, source_err| LoadError::Io {
         what,
         source_ip: source,
@@ -334,12 +334,12 @@ fn nonzero<S>(counted: Counted<S>, what: &'static str) -> Result<Counted<S>, Loa
 }
 
 /// Nearest-rank percentile of sorted samples.
-fn percentile(sorted: &[Duration], pct: usize) -> Option<Duration> {
+pub(crate) fn percentile(sorted: &[Duration], pct: usize) -> Option<Duration> {
     let rank = (sorted.len() * pct).div_ceil(100).max(1);
     sorted.get(rank - 1).copied()
 }
 
-fn micros(d: Duration) -> f64 {
+pub(crate) fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 

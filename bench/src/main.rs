@@ -10,6 +10,9 @@
 #![allow(clippy::print_stdout)]
 
 mod agent;
+mod l7;
+mod l7_procs;
+mod l7_report;
 mod load;
 mod measure;
 mod netns;
@@ -62,6 +65,16 @@ struct Args {
     /// Rounds over all paths, interleaved; the table shows each metric's median round.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// The waypoint binary, for the HTTP table [default: <workspace>/target/release/waypoint].
+    #[arg(long)]
+    waypoint: Option<PathBuf>,
+    /// The control plane binary (the waypoint's CA and xDS) [default:
+    /// <workspace>/target/release/controlplane].
+    #[arg(long)]
+    controlplane: Option<PathBuf>,
+    /// Skip the HTTP table (direct, ztunnel, ztunnel + waypoint).
+    #[arg(long)]
+    no_http: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,7 +89,9 @@ fn main() -> anyhow::Result<()> {
     let root = root.as_path();
     let ours = args
         .ztunnel
+        .clone()
         .unwrap_or_else(|| root.join("target/release/ztunnel"));
+    let ours_binary = ours.clone();
     if !ours.exists() {
         bail!(
             "our ztunnel not found at {}: build it (cargo build --release --bins) or pass --ztunnel",
@@ -122,6 +137,20 @@ fn main() -> anyhow::Result<()> {
     for column in &mut columns {
         column.summarise();
     }
+    let http = (!args.no_http).then(|| {
+        let binaries = l7::Binaries {
+            ztunnel: ours_binary.clone(),
+            waypoint: args
+                .waypoint
+                .clone()
+                .unwrap_or_else(|| root.join("target/release/waypoint")),
+            controlplane: args
+                .controlplane
+                .clone()
+                .unwrap_or_else(|| root.join("target/release/controlplane")),
+        };
+        measure_http(&binaries, settings)
+    });
 
     let (timestamp, stem) = provenance::utc_stamps(started);
     let run = Run {
@@ -132,8 +161,13 @@ fn main() -> anyhow::Result<()> {
         columns,
     };
     println!("{}", run.table());
+    let mut json = run.json();
+    if let Some(http) = &http {
+        println!("{}", l7_report::table(http, settings.concurrency));
+        json["http"] = l7_report::json(http);
+    }
     let results = args.results.unwrap_or_else(|| root.join("bench/results"));
-    let file = write_json(&run, &results, &stem)?;
+    let file = write_json(&json, &results, &stem)?;
     println!("results: {}", file.display());
 
     let failed: Vec<&str> = run
@@ -141,6 +175,12 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .filter(|c| c.name != Flavour::Upstream.name() && c.result.is_none())
         .map(|c| c.name)
+        .chain(
+            http.iter()
+                .flatten()
+                .filter(|c| c.result.is_none())
+                .map(|c| c.name),
+        )
         .collect();
     if !failed.is_empty() {
         bail!("not measured: {}", failed.join(", "));
@@ -172,12 +212,59 @@ fn measure_round(column: &mut Column, round: usize, settings: Settings) {
     }
 }
 
-fn write_json(run: &Run, dir: &Path, stem: &str) -> anyhow::Result<PathBuf> {
+/// The HTTP columns, their rounds interleaved like the TCP ones.
+fn measure_http(binaries: &l7::Binaries, settings: Settings) -> Vec<l7_report::L7Column> {
+    let mut columns: Vec<l7_report::L7Column> = [
+        l7::L7Path::Direct,
+        l7::L7Path::Ztunnel,
+        l7::L7Path::Waypoint,
+    ]
+    .into_iter()
+    .map(l7_report::L7Column::new)
+    .collect();
+    for binary in [&binaries.waypoint, &binaries.controlplane] {
+        if !binary.exists() {
+            let reason = format!(
+                "{} not found: build it (cargo build --release --bins)",
+                binary.display()
+            );
+            eprintln!("meshbench: waypoint: not measured ({reason})");
+            if let Some(c) = columns.last_mut() {
+                c.not_measured = Some(reason);
+            }
+        }
+    }
+    for round in 1..=settings.rounds {
+        for column in &mut columns {
+            if column.not_measured.is_some() {
+                continue;
+            }
+            eprintln!(
+                "meshbench: HTTP round {round}/{}: {} ...",
+                settings.rounds, column.name
+            );
+            match l7::measure_l7(column.path, binaries, settings) {
+                Ok(result) => column.rounds.push(result),
+                Err(e) => {
+                    let reason = format!("{:#}", anyhow::Error::from(e));
+                    eprintln!("meshbench: HTTP {}: not measured: {reason}", column.name);
+                    column.not_measured = Some(reason);
+                }
+            }
+        }
+    }
+    for column in &mut columns {
+        column.summarise();
+    }
+    columns
+}
+
+fn write_json(json: &serde_json::Value, dir: &Path, stem: &str) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let file = dir.join(format!("{stem}.json"));
     // Written aside then renamed, so a reader never sees half a file (`*.tmp` is git-ignored).
     let partial = dir.join(format!("{stem}.json.tmp"));
-    let text = serde_json::to_string_pretty(&run.json()).context("encoding the results")?;
+    let text = serde_json::to_string_pretty(json).context("encoding the results")?;
     std::fs::write(&partial, text + "\n")
         .with_context(|| format!("writing {}", partial.display()))?;
     std::fs::rename(&partial, &file).with_context(|| format!("writing {}", file.display()))?;

@@ -2,7 +2,8 @@
 //! server are scheduled like two separate applications:
 //!
 //! - a sink that reads and discards, counting bytes: throughput is measured at the receiver;
-//! - an echo that writes back whatever it reads: request/response and connection rate.
+//! - an echo that writes back whatever it reads: request/response and connection rate;
+//! - an HTTP/1.1 application answering `200 ok`: the HTTP phases.
 //!
 //! The same sockets serve the direct and the mesh path.
 
@@ -16,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
-use crate::topology::{ECHO_PORT, SINK_PORT, at};
+use crate::topology::{ECHO_PORT, HTTP_PORT, SINK_PORT, at};
 
 /// Read size of the sink: large, so the receiver is never what limits throughput.
 const SINK_READ: usize = 256 * 1024;
@@ -53,6 +54,7 @@ impl Server {
     pub(crate) fn start(ip: Ipv4Addr) -> Result<Self, ServerError> {
         let sink = bind(at(ip, SINK_PORT))?;
         let echo = bind(at(ip, ECHO_PORT))?;
+        let http = bind(at(ip, HTTP_PORT))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -65,12 +67,18 @@ impl Server {
             .spawn(move || {
                 runtime.block_on(async move {
                     let serving = async {
-                        let (Ok(sink), Ok(echo)) =
-                            (TcpListener::from_std(sink), TcpListener::from_std(echo))
-                        else {
+                        let (Ok(sink), Ok(echo), Ok(http)) = (
+                            TcpListener::from_std(sink),
+                            TcpListener::from_std(echo),
+                            TcpListener::from_std(http),
+                        ) else {
                             return;
                         };
-                        tokio::join!(serve_sink(sink, counter), serve_echo(echo));
+                        tokio::join!(
+                            serve_sink(sink, counter),
+                            serve_echo(echo),
+                            serve_http(http)
+                        );
                     };
                     tokio::select! {
                         _ = stopped => {}
@@ -139,5 +147,23 @@ async fn echo(mut stream: TcpStream) {
         if stream.write_all(data).await.is_err() {
             return;
         }
+    }
+}
+
+/// The smallest useful HTTP/1.1 application: `200 ok` to every request, on kept-alive
+/// connections, so what the HTTP phases measure is the path, not the application.
+async fn serve_http(listener: TcpListener) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(|_request| async {
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(b"ok\n"),
+                )))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
     }
 }

@@ -26,6 +26,14 @@ pub(crate) const DIRECT_CLIENT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 9);
 pub(crate) const SINK_PORT: u16 = 8001;
 /// The echo's port (request/response and connection rate).
 pub(crate) const ECHO_PORT: u16 = 8002;
+/// The HTTP application's port.
+pub(crate) const HTTP_PORT: u16 = 8003;
+/// The VIP of the HTTP service the waypoint path addresses.
+pub(crate) const HTTP_VIP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 50);
+/// The waypoint's pod address.
+pub(crate) const WAYPOINT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
+/// The waypoint's HBONE port: not 15008, which ztunnel holds in the same namespace.
+pub(crate) const WAYPOINT_PORT: u16 = 15009;
 /// The agent's captured-outbound listener.
 pub(crate) const OUTBOUND_PORT: u16 = 15001;
 /// The agent's HBONE listener.
@@ -55,6 +63,32 @@ pub(crate) fn install(name: &str) -> World {
     // No policy attached: the benchmark measures the data path, not the authorization engine.
     world.policies.clear();
     e2e::install_capture(&[MESH_CLIENT], &[]);
+    world
+}
+
+/// [`install`], plus the HTTP service: reached through the waypoint when `waypoint` is set
+/// (which then is a workload of the config, as its pod would be).
+pub(crate) fn install_http(name: &str, waypoint: bool) -> World {
+    let mut world = install(name);
+    let service = e2e::world::Service {
+        name: "http".to_owned(),
+        namespace: NAMESPACE.to_owned(),
+        vip: HTTP_VIP,
+        ports: vec![(80, HTTP_PORT)],
+        waypoint: waypoint.then_some((WAYPOINT, WAYPOINT_PORT)),
+    };
+    for w in &mut world.workloads {
+        if w.ip == SERVER {
+            w.services.push((service.key(), 80, HTTP_PORT));
+        }
+    }
+    if waypoint {
+        let mut w = Workload::new("waypoint-0", NAMESPACE, WAYPOINT);
+        w.service_account = "waypoint".to_owned();
+        w.trust_domain = Some("cluster.local".to_owned());
+        world.workloads.push(w);
+    }
+    world.services.push(service);
     world
 }
 
