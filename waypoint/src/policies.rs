@@ -243,3 +243,132 @@ impl XdsHandler for Feed {
         self.0.apply(type_url, delta)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+    use mesh::xds::AddedResource;
+    use prost::Message;
+    use xds_proto::istio::security as l4;
+
+    use super::*;
+
+    fn store() -> Arc<PolicyStore> {
+        PolicyStore::new(GatewayRef {
+            namespace: "payments".to_owned(),
+            name: "waypoint".to_owned(),
+            root_namespace: "istio-system".to_owned(),
+        })
+    }
+
+    fn policy(
+        namespace: &str,
+        name: &str,
+        kind: pb::policy_target::Kind,
+        target: &str,
+    ) -> pb::L7Authorization {
+        pb::L7Authorization {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            targets: vec![pb::PolicyTarget {
+                kind: kind.into(),
+                name: target.to_owned(),
+            }],
+            action: l4::Action::Deny.into(),
+            rules: vec![pb::L7Rule::default()],
+            dry_run: false,
+        }
+    }
+
+    fn added(name: &str, message: &impl Message) -> AddedResource {
+        AddedResource {
+            name: name.to_owned(),
+            version: "1".to_owned(),
+            resource: prost_types::Any {
+                type_url: L7_AUTHORIZATION_TYPE_URL.to_owned(),
+                value: message.encode_to_vec(),
+            },
+        }
+    }
+
+    fn names<'a>(policies: impl Iterator<Item = &'a Authorization>) -> Vec<String> {
+        policies.map(|p| p.key().to_string()).collect()
+    }
+
+    #[test]
+    fn policies_bind_to_this_gateway_its_class_or_one_service() {
+        use pb::policy_target::Kind;
+        let store = store();
+        let resources = [
+            policy("payments", "gw", Kind::Gateway, "waypoint"),
+            policy("payments", "other-gw", Kind::Gateway, "another-waypoint"),
+            policy(
+                "storefront",
+                "same-name-elsewhere",
+                Kind::Gateway,
+                "waypoint",
+            ),
+            policy("istio-system", "class", Kind::GatewayClass, WAYPOINT_CLASS),
+            policy(
+                "payments",
+                "class-not-root",
+                Kind::GatewayClass,
+                WAYPOINT_CLASS,
+            ),
+            policy("payments", "api", Kind::Service, "api"),
+        ];
+        let delta = Delta {
+            added: resources
+                .iter()
+                .map(|p| added(&format!("{}/{}", p.namespace, p.name), p))
+                .collect(),
+            removed: Vec::new(),
+        };
+        store.apply(L7_AUTHORIZATION_TYPE_URL, delta).unwrap();
+        let current = store.load();
+        let api = ("payments".to_owned(), "api".to_owned());
+        let ledger = ("payments".to_owned(), "ledger".to_owned());
+        let mut for_api = names(current.authorizations(Some(&api)));
+        for_api.sort();
+        assert_eq!(
+            for_api,
+            ["istio-system/class", "payments/api", "payments/gw"]
+        );
+        let mut for_ledger = names(current.authorizations(Some(&ledger)));
+        for_ledger.sort();
+        assert_eq!(for_ledger, ["istio-system/class", "payments/gw"]);
+        // A Service of the same name in another namespace is another Service.
+        let elsewhere = ("storefront".to_owned(), "api".to_owned());
+        assert_eq!(current.authorizations(Some(&elsewhere)).count(), 2);
+    }
+
+    #[test]
+    fn a_bad_resource_is_refused_and_the_rest_applies() {
+        use pb::policy_target::Kind;
+        let store = store();
+        let good = policy("payments", "gw", Kind::Gateway, "waypoint");
+        let mut bad = policy("payments", "bad", Kind::Gateway, "waypoint");
+        bad.action = 7;
+        let delta = Delta {
+            added: vec![added("payments/gw", &good), added("payments/bad", &bad)],
+            removed: Vec::new(),
+        };
+        let refused = store.apply(L7_AUTHORIZATION_TYPE_URL, delta).unwrap_err();
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].name, "payments/bad");
+        assert!(
+            refused[0].reason.contains("unknown action 7"),
+            "{}",
+            refused[0].reason
+        );
+        assert_eq!(names(store.load().authorizations(None)), ["payments/gw"]);
+        // Removal takes it away again.
+        let delta = Delta {
+            added: Vec::new(),
+            removed: vec!["payments/gw".to_owned()],
+        };
+        store.apply(L7_AUTHORIZATION_TYPE_URL, delta).unwrap();
+        assert_eq!(store.load().authorizations(None).count(), 0);
+    }
+}
