@@ -78,11 +78,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     certs.prefetch(&identity);
 
     let directory = Arc::new(Directory::default());
-    let policies = PolicyStore::new(GatewayRef {
-        namespace: config.pod_namespace.clone(),
-        name: config.gateway_name.clone(),
-        root_namespace: config.root_namespace.clone(),
-    });
+    // One authenticator (one JWKS cache) for the policy store's prefetching and the requests.
+    let authenticator = Authenticator::new(AuthnSettings::default());
+    let policies = PolicyStore::new(
+        GatewayRef {
+            namespace: config.pod_namespace.clone(),
+            name: config.gateway_name.clone(),
+            root_namespace: config.root_namespace.clone(),
+        },
+        Some(authenticator.clone()),
+    );
     let shutdown = CancellationToken::new();
     tokio::spawn(mesh::shutdown::stop_on_signal(shutdown.clone()));
 
@@ -161,7 +166,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         policies,
         certs,
         Forwarder::new(pool, config.connect_timeout),
-        Authenticator::new(AuthnSettings::default()),
+        authenticator,
         limits,
         metrics,
         Reporter {

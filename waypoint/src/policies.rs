@@ -17,7 +17,7 @@ use tracing::{debug, info};
 use xds_proto::mesh::waypoint::v1 as pb;
 use xds_proto::{JWT_AUTHENTICATION_TYPE_URL, L7_AUTHORIZATION_TYPE_URL};
 
-use crate::authn::JwtRules;
+use crate::authn::{Authenticator, JwtRules};
 
 /// The class every waypoint Gateway has; root-namespace policies bound to it apply everywhere.
 pub const WAYPOINT_CLASS: &str = "istio-waypoint";
@@ -71,6 +71,8 @@ impl WaypointPolicies {
 /// Where the validated resources live and the current snapshot is published.
 pub struct PolicyStore {
     gateway: GatewayRef,
+    /// Remote JWKS of new rules are fetched as the rules arrive, not by the first request.
+    authenticator: Option<Authenticator>,
     current: ArcSwap<WaypointPolicies>,
     resources: Mutex<Resources>,
 }
@@ -82,10 +84,12 @@ struct Resources {
 }
 
 impl PolicyStore {
-    /// An empty store for the waypoint of `gateway`.
-    pub fn new(gateway: GatewayRef) -> Arc<Self> {
+    /// An empty store for the waypoint of `gateway`; `authenticator` prefetches the remote
+    /// keys of the rules it is given.
+    pub fn new(gateway: GatewayRef, authenticator: Option<Authenticator>) -> Arc<Self> {
         Arc::new(Self {
             gateway,
+            authenticator,
             current: ArcSwap::from_pointee(WaypointPolicies::default()),
             resources: Mutex::new(Resources::default()),
         })
@@ -149,6 +153,12 @@ impl PolicyStore {
         }
         match self.index(&resources) {
             Ok(policies) => {
+                if let Some(authenticator) = &self.authenticator {
+                    authenticator.prefetch(&policies.gateway_jwt);
+                    for rules in policies.service_jwt.values() {
+                        authenticator.prefetch(rules);
+                    }
+                }
                 info!(
                     authorizations = resources.authz.len(),
                     authentications = resources.authn.len(),
@@ -255,11 +265,12 @@ mod tests {
     use super::*;
 
     fn store() -> Arc<PolicyStore> {
-        PolicyStore::new(GatewayRef {
+        let gateway = GatewayRef {
             namespace: "payments".to_owned(),
             name: "waypoint".to_owned(),
             root_namespace: "istio-system".to_owned(),
-        })
+        };
+        PolicyStore::new(gateway, None)
     }
 
     fn policy(
