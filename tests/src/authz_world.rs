@@ -139,6 +139,15 @@ impl AuthzWorld {
     /// Starts the world; `test` names its namespaces; `waypoint_env` adds environment variables
     /// to the waypoint (e.g. its OTLP collector).
     pub async fn start(test: &str, waypoint_env: &[(&str, String)]) -> Self {
+        Self::start_with(test, waypoint_env, None).await
+    }
+
+    /// [`AuthzWorld::start`] with upstream's ztunnel (`binary`) instead of ours on node `node`.
+    pub async fn start_with(
+        test: &str,
+        waypoint_env: &[(&str, String)],
+        upstream: Option<(&str, &std::path::Path)>,
+    ) -> Self {
         let world_text = std::fs::read_to_string(shared().join("world.yaml")).unwrap();
         let (world_pods, services, ambient) = read_world(&world_text);
         let mut mesh = Mesh::new(test);
@@ -180,7 +189,15 @@ impl AuthzWorld {
         }
         let first = nodes["node-a"];
         mesh.start_control_plane_with(first, &world_text).await;
-        mesh.start().await;
+        for (name, node) in &nodes {
+            mesh.start_agent(*node).await;
+            match upstream {
+                Some((upstream_node, binary)) if upstream_node == name => {
+                    mesh.start_upstream_ztunnel(*node, binary).await;
+                }
+                _ => mesh.start_ztunnel(*node).await,
+            }
+        }
         let waypoint_pod = waypoint_pod.expect("world.yaml has the waypoint pod");
         mesh.start_waypoint_with(
             &waypoint_pod,
