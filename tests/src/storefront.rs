@@ -6,8 +6,12 @@
 //! `catalog` (in the mesh, PERMISSIVE, with a dry-run policy that would refuse the partner
 //! namespace), `legacy` (a pod outside the mesh), `outsider` (in the mesh, namespace
 //! `partner`).
+//!
+//! [`Storefront::with_waypoint`] adds a waypoint pod on node2 for the L7 chapter of the demo:
+//! [`Storefront::open_waypoint`] then gives Service `storefront/api` a waypoint and the HTTP
+//! policies of [`l7_config`]. Without it the storefront is exactly the L4 one.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use crate::WAIT;
 use crate::apps::{Behaviour, Server, checksum, exchange, payload};
@@ -52,6 +56,120 @@ spec:
     - source: {namespaces: [partner]}
 ";
 
+/// The waypoint's name: its Gateway, its pod and its service account (namespace storefront).
+pub const WAYPOINT: &str = "waypoint";
+/// Service `storefront/api`'s address (given in [`l7_config`]).
+pub const API_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// The port Service api serves HTTP on (to the app's [`PORT`]).
+pub const API_HTTP_PORT: u16 = 80;
+/// Service api's hostname.
+pub const API_HOST: &str = "api.storefront.svc.cluster.local";
+/// The issuer and audience of the tokens the waypoint accepts.
+pub const ISSUER: &str = "https://auth.example.com";
+/// See [`ISSUER`].
+pub const AUDIENCE: &str = "storefront";
+/// The conformance suite's trusted JWKS (its key signs the tokens that should pass), relative
+/// to [`crate::authz_world::shared`].
+pub const TRUSTED_JWKS: &str = "jwt/trusted-jwks.json";
+/// The policies [`l7_config`] sends the waypoint (namespace storefront).
+pub const WAYPOINT_POLICIES: [&str; 3] = ["api-orders-read", "api-admin-ops", "storefront-jwt"];
+
+/// What the platform team adds to give api HTTP policy: the waypoint (its pod on `node` at
+/// `waypoint_ip`, its Service, its Gateway), Service api labelled to use it, and
+/// - `api-orders-read` (bound to Service api): web may `GET /orders/*`;
+/// - `api-admin-ops` (bound to Service api): `/admin/*` needs a token whose `groups` claim
+///   contains `ops`;
+/// - `storefront-jwt` (bound to the Gateway): tokens of [`ISSUER`] for [`AUDIENCE`], signed by
+///   a key of `jwks` (a JWKS document);
+/// - `api-from-waypoint` (ztunnel, selector app: api): the waypoint's identity may reach api,
+///   next to `api-only-web` (the waypoint has checked web's requests itself).
+pub fn l7_config(node: &str, waypoint_ip: Ipv4Addr, jwks: &str) -> String {
+    // One line of JSON, inside YAML single quotes (JSON has none of its own).
+    let jwks = serde_json::from_str::<serde_json::Value>(jwks)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|e| panic!("the JWKS is not JSON: {e}"));
+    let gateway_ref = "{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}";
+    let service_ref = "{kind: Service, group: \"\", name: api}";
+    format!(
+        "apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: waypoint, namespace: storefront}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: waypoint
+  namespace: storefront
+  uid: uid-waypoint
+  labels: {{gateway.networking.k8s.io/gateway-name: waypoint, gateway.istio.io/managed: istio.io-mesh-controller, istio.io/dataplane-mode: none}}
+spec: {{serviceAccountName: waypoint, nodeName: {node}, containers: [{{name: waypoint, image: waypoint}}]}}
+status: {{podIP: {waypoint_ip}, phase: Running, conditions: [{{type: Ready, status: \"True\"}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: waypoint
+  namespace: storefront
+  labels: {{gateway.istio.io/managed: istio.io-mesh-controller, gateway.networking.k8s.io/gateway-name: waypoint}}
+spec: {{clusterIP: 10.96.0.20, selector: {{gateway.networking.k8s.io/gateway-name: waypoint}}, ports: [{{name: mesh, port: 15008, targetPort: 15008}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: waypoint, namespace: storefront, labels: {{istio.io/waypoint-for: service}}}}
+spec: {{gatewayClassName: istio-waypoint, listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: api, namespace: storefront, labels: {{istio.io/use-waypoint: waypoint}}}}
+spec: {{clusterIP: {API_VIP}, selector: {{app: api}}, ports: [{{name: http, port: {API_HTTP_PORT}, targetPort: {PORT}}}]}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: api-orders-read, namespace: storefront}}
+spec:
+  targetRefs: [{service_ref}]
+  action: ALLOW
+  rules:
+  - from:
+    - source: {{principals: [\"cluster.local/ns/storefront/sa/web\"]}}
+    to:
+    - operation: {{methods: [GET], paths: [\"/orders/*\"]}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: api-admin-ops, namespace: storefront}}
+spec:
+  targetRefs: [{service_ref}]
+  action: ALLOW
+  rules:
+  - to:
+    - operation: {{paths: [\"/admin/*\"]}}
+    when:
+    - {{key: \"request.auth.claims[groups]\", values: [ops]}}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: storefront-jwt, namespace: storefront}}
+spec:
+  targetRefs: [{gateway_ref}]
+  jwtRules:
+  - issuer: {ISSUER}
+    audiences: [{AUDIENCE}]
+    jwks: '{jwks}'
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: api-from-waypoint, namespace: storefront}}
+spec:
+  selector: {{matchLabels: {{app: api}}}}
+  action: ALLOW
+  rules:
+  - from:
+    - source: {{principals: [\"cluster.local/ns/storefront/sa/waypoint\"]}}
+"
+    )
+}
+
 /// The mesh, its pods, and the apps serving in them.
 pub struct Storefront {
     /// Processes, namespaces and configuration.
@@ -70,6 +188,8 @@ pub struct Storefront {
     pub catalog: Pod,
     /// In the mesh, namespace partner.
     pub outsider: Pod,
+    /// The waypoint's pod (node2, not enrolled), with [`Storefront::with_waypoint`] only.
+    pub waypoint: Option<Pod>,
     servers: Vec<(String, Server)>,
 }
 
@@ -112,8 +232,20 @@ impl Storefront {
             api,
             catalog,
             outsider,
+            waypoint: None,
             servers: Vec::new(),
         }
+    }
+
+    /// [`Storefront::new`] plus a pod for api's waypoint on node2 (identity
+    /// `storefront/waypoint`, allowed to ask the CA for its own certificate). Nothing about it
+    /// is configured until [`Storefront::open_waypoint`]; api's application answers HTTP too.
+    pub fn with_waypoint(test: &str) -> Self {
+        let mut shop = Self::new(test);
+        let pod = shop.mesh.cluster.add_pod(shop.node2, WAYPOINT);
+        shop.mesh.add_ca_caller(&pod, "storefront", WAYPOINT);
+        shop.waypoint = Some(pod);
+        shop
     }
 
     /// Starts the control plane on node1 with [`POLICIES`], the agents and ztunnels, and an
@@ -122,9 +254,62 @@ impl Storefront {
         self.mesh.start_control_plane(self.node1, POLICIES).await;
         self.mesh.start().await;
         for pod in [&self.api, &self.catalog] {
-            let server = Server::serve(pod.netns().listen(pod.addr(PORT)), Behaviour::Echo);
+            // Orders are echoed either way; HTTP is answered only when api may get a waypoint.
+            let behaviour = if self.waypoint.is_some() && pod.name() == "api" {
+                Behaviour::EchoOrHttp
+            } else {
+                Behaviour::Echo
+            };
+            let server = Server::serve(pod.netns().listen(pod.addr(PORT)), behaviour);
             self.servers.push((pod.name().to_owned(), server));
         }
+    }
+
+    /// Gives Service `storefront/api` its waypoint: writes [`POLICIES`] and [`l7_config`] as
+    /// the control plane's configuration, waits until node1's ztunnel routes the Service through
+    /// the waypoint and node2's admits the waypoint's identity, starts the waypoint and waits
+    /// until it has received and applied every policy of [`WAYPOINT_POLICIES`]. Needs
+    /// [`Storefront::with_waypoint`].
+    pub async fn open_waypoint(&mut self) {
+        let pod = self
+            .waypoint
+            .clone()
+            .expect("open_waypoint needs Storefront::with_waypoint");
+        let jwks = std::fs::read_to_string(crate::authz_world::shared().join(TRUSTED_JWKS))
+            .unwrap_or_else(|e| panic!("{TRUSTED_JWKS}: {e}"));
+        let node = self.mesh.cluster.node(self.node2).name().to_owned();
+        let l7 = l7_config(&node, pod.ip(), &jwks);
+        self.mesh
+            .write_cluster_yaml(&format!("{POLICIES}---\n{l7}"));
+        let service = format!("storefront/{API_HOST}");
+        self.mesh
+            .ztunnel(self.node1)
+            .wait_for_lines(&["xDS resources received", &service], 1)
+            .await;
+        self.mesh
+            .ztunnel(self.node2)
+            .wait_for_lines(
+                &["xDS resources received", "storefront/api-from-waypoint"],
+                1,
+            )
+            .await;
+        self.mesh
+            .start_waypoint(&pod, "storefront", WAYPOINT, WAYPOINT)
+            .await;
+        let waypoint = self.mesh.waypoint(WAYPOINT);
+        for name in WAYPOINT_POLICIES {
+            let name = format!("storefront/{name}");
+            waypoint
+                .wait_for_lines(&["waypoint policy received", &name], 1)
+                .await;
+        }
+        // Logged once the policies it received are in force: both ALLOWs and the JWT rules.
+        let applied = [
+            "waypoint policies applied",
+            "authorizations=2",
+            "authentications=1",
+        ];
+        waypoint.wait_for_lines(&applied, 1).await;
     }
 
     /// The pod called `name`.

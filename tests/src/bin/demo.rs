@@ -3,9 +3,12 @@
 //! namespaces); removes everything it made when it ends, whatever happened.
 //!
 //! The cast and their policies are in [`e2e::storefront`]; the runbooks' commands run against
-//! the same mesh (tests/tests/operate.rs).
+//! the same mesh (tests/tests/operate.rs). Step 6, the waypoint's HTTP policy, is in `l7`.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)] // a demo talks to its reader and stops at the first surprise
+
+#[path = "demo/l7.rs"]
+mod l7;
 
 use std::process::{Command, ExitCode};
 
@@ -56,7 +59,7 @@ impl Narrator {
 async fn story() -> usize {
     let mut n = Narrator { surprises: 0 };
     n.say("== A storefront on two nodes ==");
-    let mut shop = Storefront::new("demo");
+    let mut shop = Storefront::with_waypoint("demo");
     let (n1, n2) = (shop.node1, shop.node2);
     n.say(&format!(
         "node1: web {} (mesh), legacy {} (not in the mesh)\nnode2: api {} (mesh, STRICT, only web may call), catalog {} (mesh, PERMISSIVE), outsider {} (mesh, namespace partner)",
@@ -200,6 +203,9 @@ async fn story() -> usize {
     n.say("\n5. What an operator sees (the commands of docs/runbooks/observability.md).");
     operator_view(&mut n, &shop);
 
+    n.say("\n6. api becomes HTTP-aware: a waypoint for Service storefront/api.");
+    l7::story(&mut n, &mut shop).await;
+
     n.say("\nTearing down: stopping processes, deleting namespaces.");
     let names = shop.mesh.cluster.netns_names();
     drop(shop);
@@ -231,16 +237,8 @@ fn on_node(shop: &Storefront, node: NodeId, program: &str, args: &[String]) -> (
     }
 }
 
-/// A sample line with only the labels a reader of step 5 needs (the others are `…`).
-fn elide_labels(line: &str) -> String {
-    const KEPT: [&str; 6] = [
-        "state",
-        "reporter",
-        "source_workload",
-        "destination_workload",
-        "response_flags",
-        "connection_security_policy",
-    ];
+/// A sample line with only the labels in `keep` (the others are `…`).
+fn elide_labels(line: &str, keep: &[&str]) -> String {
     let (Some(open), Some(close)) = (line.find('{'), line.rfind('}')) else {
         return line.to_owned();
     };
@@ -248,7 +246,7 @@ fn elide_labels(line: &str) -> String {
     let labels: Vec<&str> = all
         .iter()
         .copied()
-        .filter(|pair| KEPT.iter().any(|k| pair.starts_with(&format!("{k}=\""))))
+        .filter(|pair| keep.iter().any(|k| pair.starts_with(&format!("{k}=\""))))
         .collect();
     let elided = if labels.len() < all.len() { ",…" } else { "" };
     let mut kept = labels.join("\",");
@@ -286,7 +284,16 @@ fn operator_view(n: &mut Narrator, shop: &Storefront) {
                 || l.starts_with("ztunnel_certificates{")
         })
         .collect();
-    let shown: Vec<String> = excerpt.iter().map(|l| elide_labels(l)).collect();
+    // The labels a reader of this step needs.
+    let kept = [
+        "state",
+        "reporter",
+        "source_workload",
+        "destination_workload",
+        "response_flags",
+        "connection_security_policy",
+    ];
+    let shown: Vec<String> = excerpt.iter().map(|l| elide_labels(l, &kept)).collect();
     n.say(&format!(
         "   curl localhost:15020/metrics (node2, excerpt; labels elided to the ones that matter here):\n{}",
         indent(&shown.join("\n"))
