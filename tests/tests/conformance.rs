@@ -310,6 +310,26 @@ async fn run_cases() {
         !through_waypoint.is_empty(),
         "no request went through the waypoint"
     );
+    // The dry-run DENY of wp-dry-run-deny matched once (GET /admin) and is counted as such.
+    if cases.cases.iter().any(|c| c.name == "wp-dry-run-deny") {
+        let counted = sum_series(
+            &scraped,
+            "istio_authz_dry_run_total",
+            &[
+                ("reporter", "waypoint"),
+                ("authz_dry_run_action", "deny"),
+                ("authz_dry_run_result", "denied"),
+                ("policy", "payments/dry-deny-admin"),
+            ],
+        );
+        let verdict = if counted == 1.0 { "" } else { "  <-- FAILED" };
+        println!(
+            "istio_authz_dry_run_total{{policy=payments/dry-deny-admin, deny, denied}}: {counted}, matches 1{verdict}"
+        );
+        if !verdict.is_empty() {
+            failed += 1;
+        }
+    }
     println!(
         "conformance at ztunnel and waypoint: {passed} passed, {failed} failed, {skipped} skipped"
     );

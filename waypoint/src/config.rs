@@ -124,6 +124,15 @@ pub struct Config {
     #[arg(long, env = "MAX_REQUEST_HEADERS_BYTES", default_value_t = 60 * 1024)]
     pub max_request_headers_bytes: u32,
 
+    /// Client connections (from client ztunnels) held at once; more are refused and counted.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Longest an endpoint may take to answer a request's headers; `0s`: no limit (streams and
+    /// long polls run as long as they like). Past it: 504.
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "0s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
     /// Concurrent HTTP/2 requests per client connection.
     #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 100)]
     pub max_concurrent_streams: u32,

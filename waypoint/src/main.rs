@@ -156,6 +156,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         max_header_bytes: config.max_request_headers_bytes as usize,
         max_header_list_size: config.max_request_headers_bytes,
         max_concurrent_streams: config.max_concurrent_streams,
+        max_connections: config.max_connections.max(1),
         ..Limits::default()
     };
     let inputs = Arc::new(Inputs::new(
@@ -165,7 +166,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         directory,
         policies,
         certs,
-        Forwarder::new(pool, config.connect_timeout),
+        Forwarder::new(pool, config.connect_timeout, config.request_timeout),
         authenticator,
         limits,
         metrics,

@@ -88,6 +88,15 @@ pub struct TcpLabels {
     pub connection_security_policy: &'static str,
 }
 
+/// Labels of `istio_authz_dry_run_total` (policy.md §5.4), as ztunnel exports it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DryRunLabels {
+    pub reporter: &'static str,
+    pub authz_dry_run_action: &'static str,
+    pub authz_dry_run_result: &'static str,
+    pub policy: String,
+}
+
 /// Who called and who answered, as the labels describe them.
 #[derive(Debug, Clone, Default)]
 pub struct Peers {
@@ -233,6 +242,8 @@ pub struct Metrics {
     tcp_closed: Family<TcpLabels, Counter>,
     tcp_sent: Family<TcpLabels, Counter>,
     tcp_received: Family<TcpLabels, Counter>,
+    dry_run: Family<DryRunLabels, Counter>,
+    refused_connections: Counter,
 }
 
 fn histogram() -> Histogram {
@@ -251,6 +262,8 @@ impl Metrics {
             tcp_closed: Family::default(),
             tcp_sent: Family::default(),
             tcp_received: Family::default(),
+            dry_run: Family::default(),
+            refused_connections: Counter::default(),
         };
         // prometheus-client appends `_total` to counters.
         registry.register(
@@ -293,7 +306,34 @@ impl Metrics {
             "Bytes received from the client on TCP connections",
             metrics.tcp_received.clone(),
         );
+        registry.register(
+            "istio_authz_dry_run",
+            "Dry-run policy outcomes: what would have been allowed or denied",
+            metrics.dry_run.clone(),
+        );
+        registry.register(
+            "waypoint_connections_refused",
+            "Client connections refused because the waypoint held its maximum",
+            metrics.refused_connections.clone(),
+        );
         Arc::new(metrics)
+    }
+
+    /// One dry-run outcome (policy.md §5.4).
+    pub fn dry_run(&self, action: &'static str, result: &'static str, policy: String) {
+        self.dry_run
+            .get_or_create(&DryRunLabels {
+                reporter: "waypoint",
+                authz_dry_run_action: action,
+                authz_dry_run_result: result,
+                policy,
+            })
+            .inc();
+    }
+
+    /// A client connection refused at the connection limit.
+    pub fn connection_refused(&self) {
+        self.refused_connections.inc();
     }
 
     /// One completed request.

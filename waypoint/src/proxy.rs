@@ -21,6 +21,7 @@ use mesh::state::{Directory, Resolution, Service, Workload};
 use mesh::tls::{self, TrustBundles};
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -46,6 +47,8 @@ pub struct Limits {
     pub max_header_list_size: u32,
     /// Concurrent HTTP/2 requests per client connection.
     pub max_concurrent_streams: u32,
+    /// Client connections held at once.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -56,6 +59,7 @@ impl Default for Limits {
             max_header_bytes: 60 * 1024,
             max_header_list_size: 60 * 1024,
             max_concurrent_streams: 100,
+            max_connections: 10_000,
         }
     }
 }
@@ -196,6 +200,8 @@ pub async fn serve(
     grace: Duration,
 ) {
     let tracker = TaskTracker::new();
+    // Each client connection holds a permit: memory stays bounded however many ztunnels call.
+    let permits = Arc::new(Semaphore::new(inputs.limits.max_connections));
     loop {
         let accepted = tokio::select! {
             () = drain.cancelled() => break,
@@ -203,8 +209,17 @@ pub async fn serve(
         };
         match accepted {
             Ok((tcp, peer)) => {
+                let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                    inputs.metrics.connection_refused();
+                    warn!(src = %peer, limit = inputs.limits.max_connections,
+                        "connection refused: the waypoint holds its maximum of client connections (MAX_CONNECTIONS)");
+                    continue;
+                };
                 let (inputs, drain) = (Arc::clone(&inputs), drain.clone());
-                tracker.spawn(connection(inputs, tcp, peer, drain));
+                tracker.spawn(async move {
+                    connection(inputs, tcp, peer, drain).await;
+                    drop(permit);
+                });
             }
             Err(err) => {
                 // Out of descriptors, say: back off briefly instead of spinning.

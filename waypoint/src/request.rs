@@ -38,6 +38,9 @@ use crate::upstream::{Endpoint, UpstreamError, Upstreams, Version};
 /// What the client reads: the endpoint's body, or one the waypoint wrote.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
+/// Envoy's body when the endpoint could not be reached or broke off.
+const UPSTREAM_FAILED: &str = "upstream connect error or disconnect/reset before headers";
+
 /// Envoy's body for an RBAC denial; clients and tests match on it.
 pub const DENIED_BODY: &str = "RBAC: access denied";
 
@@ -346,7 +349,7 @@ impl Downstream {
         match self
             .inputs
             .forwarder
-            .send(&self.upstreams, endpoint, self.version, request)
+            .send_within(&self.upstreams, endpoint, self.version, request)
             .await
         {
             Ok(response) => {
@@ -382,9 +385,18 @@ impl Downstream {
                     );
                 }
                 warn!(dst = %self.target, endpoint = %workload.uid, error = %note, "upstream request failed");
-                let flags = match err {
-                    UpstreamError::Tunnel { .. } => "UF",
-                    UpstreamError::Http { .. } => "UC",
+                let (flags, status, body) = match err {
+                    UpstreamError::Tunnel { .. } => {
+                        ("UF", StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_FAILED)
+                    }
+                    UpstreamError::Http { .. } => {
+                        ("UC", StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_FAILED)
+                    }
+                    UpstreamError::Timeout { .. } => (
+                        "UT",
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream request timeout",
+                    ),
                 };
                 let outcome = Outcome {
                     note,
@@ -392,21 +404,17 @@ impl Downstream {
                     endpoint: Some(workload),
                     client_gone: false,
                 };
-                (
-                    local(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "upstream connect error or disconnect/reset before headers",
-                    ),
-                    outcome,
-                )
+                (local(status, body), outcome)
             }
         }
     }
 
-    /// The dry-run record, in ztunnel's words (policy.md §5.4).
+    /// The dry-run record and counter, in ztunnel's words and with its rules (policy.md §5.4).
     fn report_dry_run(&self, report: &DryRunReport) {
+        let metrics = &self.inputs.metrics;
         for policy in &report.matched_denies {
             info!(%policy, "dry-run: deny policy match");
+            metrics.dry_run("deny", "denied", policy.to_string());
         }
         for policy in &report.matched_allows {
             info!(%policy, "dry-run: allow policy match");
@@ -414,8 +422,12 @@ impl Downstream {
         if report.no_allow_matched {
             info!("dry-run: no allow policies match");
         }
-        if let Some(AllowSetOutcome::Denied) = &report.allow_set {
-            info!("dry-run: allow set denied");
+        match &report.allow_set {
+            Some(AllowSetOutcome::Allowed(policy)) => {
+                metrics.dry_run("allow", "allowed", policy.to_string());
+            }
+            Some(AllowSetOutcome::Denied) => metrics.dry_run("allow", "denied", "none".to_owned()),
+            None => {}
         }
         let (verdict, policy) = match &report.verdict {
             Verdict::Allow => ("allow", "none".to_owned()),

@@ -32,6 +32,14 @@ pub enum UpstreamError {
         #[source]
         cause: PoolError,
     },
+    /// The endpoint did not answer the request's headers in time.
+    #[error("{endpoint} did not answer within {limit:?}")]
+    Timeout {
+        /// The endpoint.
+        endpoint: SocketAddr,
+        /// The limit (`REQUEST_TIMEOUT`).
+        limit: Duration,
+    },
     /// The HTTP exchange with the endpoint failed.
     #[error("request to {endpoint} failed")]
     Http {
@@ -101,14 +109,40 @@ pub struct Endpoint<'a> {
 pub struct Forwarder {
     pool: Pool,
     connect_timeout: Duration,
+    /// Longest wait for a response's headers; `None`: no limit.
+    request_timeout: Option<Duration>,
 }
 
 impl Forwarder {
-    /// A forwarder opening tunnels from `pool`.
-    pub fn new(pool: Pool, connect_timeout: Duration) -> Self {
+    /// A forwarder opening tunnels from `pool`; `request_timeout` of zero means no limit.
+    pub fn new(pool: Pool, connect_timeout: Duration, request_timeout: Duration) -> Self {
         Self {
             pool,
             connect_timeout,
+            request_timeout: (!request_timeout.is_zero()).then_some(request_timeout),
+        }
+    }
+
+    /// [`Forwarder::send`] within the request timeout, when there is one.
+    pub async fn send_within(
+        &self,
+        upstreams: &tokio::sync::Mutex<Upstreams>,
+        endpoint: Endpoint<'_>,
+        version: Version,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let addr = endpoint.addr;
+        let sending = self.send(upstreams, endpoint, version, request);
+        match self.request_timeout {
+            None => sending.await,
+            Some(limit) => {
+                tokio::time::timeout(limit, sending)
+                    .await
+                    .map_err(|_| UpstreamError::Timeout {
+                        endpoint: addr,
+                        limit,
+                    })?
+            }
         }
     }
 
