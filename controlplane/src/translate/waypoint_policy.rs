@@ -173,12 +173,27 @@ fn to_match(operation: &Operation) -> pb::L7Match {
         connection: Some(operation_match(operation)),
         methods: string_matches(&operation.methods),
         not_methods: string_matches(&operation.not_methods),
-        paths: string_matches(&operation.paths),
-        not_paths: string_matches(&operation.not_paths),
+        paths: path_matches(&operation.paths),
+        not_paths: path_matches(&operation.not_paths),
         hosts: lower(&operation.hosts),
         not_hosts: lower(&operation.not_hosts),
         ..pb::L7Match::default()
     }
+}
+
+/// A path with a `{...}` operator is a template (validated when the policy was read); any
+/// other is an ordinary string match with Istio's `*` rules.
+fn path_matches(paths: &[String]) -> Vec<pb::PathMatch> {
+    paths
+        .iter()
+        .map(|path| pb::PathMatch {
+            kind: Some(if path.contains('{') {
+                pb::path_match::Kind::Template(path.clone())
+            } else {
+                pb::path_match::Kind::String(string_match(path))
+            }),
+        })
+        .collect()
 }
 
 fn from_match(source: &Source, namespace: &str) -> pb::L7Match {

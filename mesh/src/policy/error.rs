@@ -96,6 +96,9 @@ pub enum Problem {
     /// An empty string where a value is needed (Istio validation refuses empty strings).
     #[error("empty value")]
     Empty,
+    /// A path template with an operator that is not a whole segment, or after `{**}`.
+    #[error("{0:?} is not a valid path template")]
+    BadTemplate(String),
     /// A `/` in a name or namespace, which would make `<namespace>/<name>` ambiguous.
     #[error("{0:?} contains '/'")]
     Slash(String),

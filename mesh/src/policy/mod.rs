@@ -29,5 +29,8 @@ pub use model::{
     Action, Authorization, Clause, Match, PolicyKey, PolicyTarget, Rule, Scope,
     ServiceAccountMatch, StringMatch, TargetKind, TargetedPolicy,
 };
-pub use request::{ClaimMatch, HeaderMatch, RequestAttrs, RequestAuth, RequestMatch};
+pub use request::{
+    BadTemplate, ClaimMatch, HeaderMatch, PathMatch, PathTemplate, RequestAttrs, RequestAuth,
+    RequestMatch,
+};
 pub use set::{Applicable, PolicySet, applicable};

@@ -21,9 +21,9 @@ pub struct RequestMatch {
     /// Method is none of these.
     pub not_methods: Vec<StringMatch>,
     /// Normalised, query-less path is one of these.
-    pub paths: Vec<StringMatch>,
+    pub paths: Vec<PathMatch>,
     /// Path is none of these.
-    pub not_paths: Vec<StringMatch>,
+    pub not_paths: Vec<PathMatch>,
     /// Host as sent (port included), compared in lower case; patterns are stored lower-cased.
     pub hosts: Vec<StringMatch>,
     /// Host is none of these.
@@ -75,6 +75,108 @@ impl RequestMatch {
             && self.not_presenters.is_empty()
             && self.remote_ips.is_empty()
             && self.not_remote_ips.is_empty()
+    }
+}
+
+/// A path condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// Exact, prefix, suffix or presence.
+    String(StringMatch),
+    /// An Istio path template (`/api/{*}/items/{**}`), matched against the whole path.
+    Template(PathTemplate),
+}
+
+impl PathMatch {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            Self::String(s) => s.matches(path),
+            Self::Template(t) => t.matches(path),
+        }
+    }
+}
+
+/// A path template, parsed: literal text and the two operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathTemplate {
+    tokens: Vec<Token>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    Literal(String),
+    /// `{*}`: one non-empty segment.
+    Segment,
+    /// `{**}`: any run of characters, `/` included.
+    Rest,
+}
+
+/// Why a path template was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not a path template: operators are whole segments ({{*}}, {{**}}), {{**}} only as the last one"
+)]
+pub struct BadTemplate(pub String);
+
+impl PathTemplate {
+    /// Parses `text` as policy.md §1.6 defines templates.
+    pub fn parse(text: &str) -> Result<Self, BadTemplate> {
+        let bad = || BadTemplate(text.to_owned());
+        let mut tokens = Vec::new();
+        let mut literal = String::new();
+        let mut seen_rest = false;
+        for (i, segment) in text.split('/').enumerate() {
+            if i > 0 {
+                literal.push('/');
+            }
+            let operator = match segment {
+                "{*}" => Token::Segment,
+                "{**}" => Token::Rest,
+                _ if segment.contains(['{', '}']) => return Err(bad()),
+                _ => {
+                    literal.push_str(segment);
+                    continue;
+                }
+            };
+            if seen_rest {
+                return Err(bad());
+            }
+            seen_rest = operator == Token::Rest;
+            if !literal.is_empty() {
+                tokens.push(Token::Literal(std::mem::take(&mut literal)));
+            }
+            tokens.push(operator);
+        }
+        if !literal.is_empty() {
+            tokens.push(Token::Literal(literal));
+        }
+        Ok(Self { tokens })
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        tokens_match(&self.tokens, path)
+    }
+}
+
+/// Backtracking over at most one `{**}` and a few `{*}`: the templates are short.
+fn tokens_match(tokens: &[Token], rest: &str) -> bool {
+    let Some((token, more)) = tokens.split_first() else {
+        return rest.is_empty();
+    };
+    match token {
+        Token::Literal(literal) => rest
+            .strip_prefix(literal.as_str())
+            .is_some_and(|after| tokens_match(more, after)),
+        Token::Segment => {
+            let end = rest.find('/').unwrap_or(rest.len());
+            rest[..end]
+                .char_indices()
+                .map(|(i, c)| i + c.len_utf8())
+                .any(|n| tokens_match(more, &rest[n..]))
+        }
+        Token::Rest => (0..=rest.len())
+            .filter(|i| rest.is_char_boundary(*i))
+            .any(|i| tokens_match(more, &rest[i..])),
     }
 }
 
@@ -141,7 +243,9 @@ pub(super) fn request_holds(m: &RequestMatch, request: Option<&RequestAttrs<'_>>
     let method = request.map(|r| r.method);
     let path = request.map(|r| r.path);
     holds(&m.methods, &m.not_methods, |s| string_hits(s, method))
-        && holds(&m.paths, &m.not_paths, |s| string_hits(s, path))
+        && holds(&m.paths, &m.not_paths, |p| {
+            path.is_some_and(|v| p.matches(v))
+        })
         && holds(&m.hosts, &m.not_hosts, |s| string_hits(s, host.as_deref()))
         && holds(&m.request_principals, &m.not_request_principals, |s| {
             auth.is_some_and(|a| request_principal_matches(s, &a.issuer, &a.subject))

@@ -116,6 +116,19 @@ fn operations_match_methods_and_path_prefixes() {
 }
 
 #[test]
+fn path_templates_reach_the_waypoint_as_templates() {
+    let policy = converted(
+        "  rules:\n  - to:\n    - operation: {paths: [\"/v1/{*}/items\", \"/static/{**}\", \"/exact\"]}\n",
+    );
+    assert!(allowed(&policy, &get("/v1/7/items")));
+    assert!(!allowed(&policy, &get("/v1/7/8/items")));
+    assert!(allowed(&policy, &get("/static/css/site.css")));
+    assert!(allowed(&policy, &get("/exact")));
+    // `{*}` is not a glob outside a template's segment rules: no literal braces survive.
+    assert!(!allowed(&policy, &get("/v1/{*}/items/x")));
+}
+
+#[test]
 fn source_and_operation_are_anded() {
     let policy = converted(
         "  rules:\n  - from:\n    - source: {principals: [\"cluster.local/ns/storefront/sa/web\"]}\n    to:\n    - operation: {paths: [\"/v1/*\"]}\n",

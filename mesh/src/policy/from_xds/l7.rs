@@ -10,7 +10,7 @@ use crate::policy::model::{
     Action, Authorization, Match, PolicyKey, PolicyTarget, Scope, StringMatch, TargetKind,
     TargetedPolicy,
 };
-use crate::policy::request::{ClaimMatch, HeaderMatch, RequestMatch};
+use crate::policy::request::{ClaimMatch, HeaderMatch, PathMatch, PathTemplate, RequestMatch};
 
 impl TryFrom<&pb::L7Authorization> for TargetedPolicy {
     type Error = InvalidPolicy;
@@ -81,8 +81,8 @@ fn convert_l7_match(wire: &pb::L7Match) -> Result<Match, EntryError> {
     converted.request = RequestMatch {
         methods: list("methods", &wire.methods, string_match)?,
         not_methods: list("not_methods", &wire.not_methods, string_match)?,
-        paths: list("paths", &wire.paths, string_match)?,
-        not_paths: list("not_paths", &wire.not_paths, string_match)?,
+        paths: list("paths", &wire.paths, path_match)?,
+        not_paths: list("not_paths", &wire.not_paths, path_match)?,
         hosts: list("hosts", &wire.hosts, host_match)?,
         not_hosts: list("not_hosts", &wire.not_hosts, host_match)?,
         request_principals: list("request_principals", &wire.request_principals, string_match)?,
@@ -114,6 +114,16 @@ fn host_match(wire: &l4::StringMatch) -> Result<StringMatch, Problem> {
         StringMatch::Suffix(v) => StringMatch::Suffix(v.to_ascii_lowercase()),
         StringMatch::Presence => StringMatch::Presence,
     })
+}
+
+fn path_match(wire: &pb::PathMatch) -> Result<PathMatch, Problem> {
+    match &wire.kind {
+        Some(pb::path_match::Kind::String(s)) => Ok(PathMatch::String(string_match(s)?)),
+        Some(pb::path_match::Kind::Template(text)) => PathTemplate::parse(text)
+            .map(PathMatch::Template)
+            .map_err(|e| Problem::BadTemplate(e.0)),
+        None => Err(Problem::NoMatchKind),
+    }
 }
 
 fn header_match(wire: &pb::HeaderMatch) -> Result<HeaderMatch, Problem> {

@@ -188,11 +188,38 @@ fn hosts_compare_in_lower_case_as_sent() {
     assert!(!request_holds(&hosts("api.payments"), Some(&request)));
     let all = RequestMatch {
         methods: vec![exact("GET")],
-        paths: vec![StringMatch::Prefix("/v1/".to_owned())],
+        paths: vec![PathMatch::String(StringMatch::Prefix("/v1/".to_owned()))],
         audiences: vec![exact("payments")],
         presenters: vec![exact("web-app")],
         remote_ips: vec!["10.0.0.0/24".parse().unwrap()],
         ..RequestMatch::default()
     };
     assert!(request_holds(&all, Some(&request)));
+}
+
+#[test]
+fn path_templates() {
+    let cases = [
+        ("/v1/{*}", "/v1/pay", true),
+        ("/v1/{*}", "/v1/", false),
+        ("/v1/{*}", "/v1/pay/more", false),
+        ("/v1/{*}/items", "/v1/7/items", true),
+        ("/v1/{*}/items", "/v1/7/8/items", false),
+        ("/v1/{**}", "/v1/", true),
+        ("/v1/{**}", "/v1/a/b/c", true),
+        ("/v1/{**}", "/v1", false),
+        ("/v1/{**}/end", "/v1/a/b/end", true),
+        ("/v1/{**}/end", "/v1//end", true),
+        ("/v1/{**}/end", "/v1/a/b/ending", false),
+        ("/{*}/{*}", "/a/b", true),
+        ("/{*}/{*}", "/a/", false),
+        ("/caf\u{e9}/{*}", "/caf\u{e9}/x", true),
+    ];
+    for (template, path, want) in cases {
+        let parsed = PathTemplate::parse(template).unwrap();
+        assert_eq!(parsed.matches(path), want, "{template} against {path}");
+    }
+    for bad in ["/a/x{*}", "/a/{**}/{*}", "/a/{**}/{**}", "/a/{*"] {
+        assert!(PathTemplate::parse(bad).is_err(), "{bad}");
+    }
 }
