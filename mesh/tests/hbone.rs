@@ -55,11 +55,34 @@ fn id(sa: &str) -> SpiffeId {
     .unwrap()
 }
 
+/// Where the port-7 application reports how its half-close went.
+static HALF_CLOSES: std::sync::OnceLock<
+    tokio::sync::mpsc::UnboundedSender<Result<Vec<u8>, String>>,
+> = std::sync::OnceLock::new();
+
 /// The tunnel's fate, decided per request by the authority's port, so one server covers every
-/// case: 9 refuses with 401, anything else echoes.
+/// case: 9 refuses with 401, 7 reads to the end then half-closes and reports, anything else
+/// echoes.
 async fn handle(tunnel: IncomingTunnel) {
     if matches!(tunnel.authority(), Authority::Addr(a) if a.port() == 9) {
         tunnel.reject(StatusCode::UNAUTHORIZED);
+        return;
+    }
+    if matches!(tunnel.authority(), Authority::Addr(a) if a.port() == 7) {
+        let mut stream = tunnel.accept(HeaderMap::new()).unwrap();
+        let mut got = Vec::new();
+        let read = stream.read_to_end(&mut got).await;
+        let outcome = match read {
+            Ok(_) => stream
+                .shutdown()
+                .await
+                .map(|()| got)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("read: {e}")),
+        };
+        if let Some(report) = HALF_CLOSES.get() {
+            let _ = report.send(outcome);
+        }
         return;
     }
     let mut headers = HeaderMap::new();
@@ -290,4 +313,31 @@ async fn refusals_reach_the_client_as_statuses() {
         let response = timeout(TEST_TIMEOUT, response).await.unwrap().unwrap();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{method} {uri}");
     }
+}
+
+/// A client that sends and then withdraws (drops its stream: RST_STREAM CANCEL) leaves the
+/// server nothing to half-close: the server's shutdown is a clean end, not a relay error.
+#[tokio::test]
+async fn a_peer_that_withdrew_leaves_nothing_to_half_close() {
+    let (report, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    HALF_CLOSES.set(report).unwrap();
+    let mesh = start().await;
+    let pool = mesh.pool(PoolSettings::default());
+    let authority = Authority::Addr("10.0.0.2:7".parse().unwrap());
+    let mut stream = pool
+        .open(&mesh.key(), &authority, HeaderMap::new(), &PlainDialer)
+        .await
+        .unwrap();
+    // What was queued but not yet sent goes with the reset, as unsent bytes go with a TCP RST:
+    // only the clean end is asserted, not how much arrived first.
+    stream.write_all(b"hello").await.unwrap();
+    drop(stream);
+    let outcome = timeout(TEST_TIMEOUT, reports.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        outcome.is_ok(),
+        "the server's half-close failed: {outcome:?}"
+    );
 }

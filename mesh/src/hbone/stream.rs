@@ -28,6 +28,9 @@ pub struct H2Stream {
     outgoing: BytesMut,
     read_done: bool,
     write_done: bool,
+    /// The peer reset the stream without an error (NO_ERROR, CANCEL): it wants nothing more,
+    /// so there is nothing to half-close either.
+    peer_withdrew: bool,
     /// The pool's claim on a stream slot of the connection; released when the tunnel drops.
     _slot: Option<OwnedSemaphorePermit>,
 }
@@ -45,6 +48,7 @@ impl H2Stream {
             outgoing: BytesMut::new(),
             read_done: false,
             write_done: false,
+            peer_withdrew: false,
             _slot: slot,
         }
     }
@@ -99,7 +103,10 @@ impl AsyncRead for H2Stream {
             match ready!(self.recv.poll_data(cx)) {
                 Some(Ok(chunk)) => self.pending = chunk,
                 None => self.read_done = true,
-                Some(Err(err)) if is_clean_reset(&err) => self.read_done = true,
+                Some(Err(err)) if is_clean_reset(&err) => {
+                    self.read_done = true;
+                    self.peer_withdrew = true;
+                }
                 Some(Err(err)) => return Poll::Ready(Err(to_io(err))),
             }
         }
@@ -146,9 +153,17 @@ impl AsyncWrite for H2Stream {
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.write_done {
             self.write_done = true;
-            // A peer that already reset the stream has nothing left to half-close.
+            // A peer that already reset the stream has nothing left to half-close: once h2 has
+            // processed the reset, a send is refused as "inactive stream", which is no failure
+            // of ours (the relay would log the tunnel as failed after a complete exchange).
+            if self.peer_withdrew {
+                return Poll::Ready(Ok(()));
+            }
+            // Likewise once the peer has finished its own side (END_STREAM read): if it then
+            // reset the stream, it wants nothing more, and a half-close can add nothing.
             if let Err(err) = self.send.send_data(Bytes::new(), true)
                 && !is_clean_reset(&err)
+                && !(self.read_done && !err.is_io())
             {
                 return Poll::Ready(Err(to_io(err)));
             }
