@@ -163,7 +163,7 @@ impl AsyncWrite for H2Stream {
             // reset the stream, it wants nothing more, and a half-close can add nothing.
             if let Err(err) = self.send.send_data(Bytes::new(), true)
                 && !is_clean_reset(&err)
-                && !(self.read_done && !err.is_io())
+                && (!self.read_done || err.is_io())
             {
                 return Poll::Ready(Err(to_io(err)));
             }
