@@ -129,3 +129,33 @@ pub fn ca_headers_from_env() -> std::collections::BTreeMap<String, String> {
         })
         .collect()
 }
+
+/// The xDS node as Istio's proxies describe themselves (xds.md §1.3): id
+/// `<kind>~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local`, metadata `metadata` plus
+/// every `ISTIO_META_<KEY>` environment variable as `<KEY>`.
+pub fn xds_node(
+    kind: &str,
+    instance_ip: &str,
+    pod: &str,
+    namespace: &str,
+    metadata: &[(&str, &str)],
+) -> xds_proto::envoy::config::core::v3::Node {
+    let id = format!("{kind}~{instance_ip}~{pod}.{namespace}~{namespace}.svc.cluster.local");
+    let string = |s: &str| prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue(s.to_owned())),
+    };
+    let mut fields = std::collections::BTreeMap::new();
+    for (key, value) in metadata {
+        fields.insert((*key).to_owned(), string(value));
+    }
+    for (key, value) in std::env::vars() {
+        if let Some(key) = key.strip_prefix("ISTIO_META_") {
+            fields.insert(key.to_owned(), string(&value));
+        }
+    }
+    xds_proto::envoy::config::core::v3::Node {
+        id,
+        metadata: Some(prost_types::Struct { fields }),
+        ..Default::default()
+    }
+}

@@ -257,32 +257,19 @@ async fn serve_operator_ports(
 
 /// The xDS node as an Istio waypoint proxy describes itself (`router~<ip>~<pod>.<ns>~...`).
 fn xds_node(config: &Config) -> Node {
-    let id = format!(
-        "router~{ip}~{pod}.{ns}~{ns}.svc.cluster.local",
-        ip = config.instance_ip,
-        pod = config.pod_name,
-        ns = config.pod_namespace
-    );
-    let mut fields = std::collections::BTreeMap::new();
-    let string = |s: &str| prost_types::Value {
-        kind: Some(prost_types::value::Kind::StringValue(s.to_owned())),
-    };
-    for (key, value) in [
-        ("NAME", config.pod_name.as_str()),
-        ("NAMESPACE", config.pod_namespace.as_str()),
-        ("NODE_NAME", config.node_name.as_str()),
-        ("CLUSTER_ID", config.cluster_id.as_str()),
-        ("GATEWAY_NAME", config.gateway_name.as_str()),
-    ] {
-        fields.insert(key.to_owned(), string(value));
-    }
-    fields.insert(
-        "INSTANCE_IPS".to_owned(),
-        string(&config.instance_ip.to_string()),
-    );
-    Node {
-        id,
-        metadata: Some(prost_types::Struct { fields }),
-        ..Node::default()
-    }
+    let ip = config.instance_ip.to_string();
+    control::xds_node(
+        "router",
+        &ip,
+        &config.pod_name,
+        &config.pod_namespace,
+        &[
+            ("NAME", config.pod_name.as_str()),
+            ("NAMESPACE", config.pod_namespace.as_str()),
+            ("NODE_NAME", config.node_name.as_str()),
+            ("INSTANCE_IPS", ip.as_str()),
+            ("CLUSTER_ID", config.cluster_id.as_str()),
+            ("GATEWAY_NAME", config.gateway_name.as_str()),
+        ],
+    )
 }

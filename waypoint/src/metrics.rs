@@ -15,7 +15,9 @@ use std::time::Instant;
 use bytes::Buf;
 use http::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
+use mesh::policy::DryRunCount;
 use mesh::state::Workload;
+use mesh::telemetry::metrics::DryRunLabels;
 
 use crate::traces::RequestSpan;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -86,15 +88,6 @@ pub struct TcpLabels {
     pub request_protocol: &'static str,
     pub response_flags: &'static str,
     pub connection_security_policy: &'static str,
-}
-
-/// Labels of `istio_authz_dry_run_total` (policy.md §5.4), as ztunnel exports it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct DryRunLabels {
-    pub reporter: &'static str,
-    pub authz_dry_run_action: &'static str,
-    pub authz_dry_run_result: &'static str,
-    pub policy: String,
 }
 
 /// Who called and who answered, as the labels describe them.
@@ -320,14 +313,9 @@ impl Metrics {
     }
 
     /// One dry-run outcome (policy.md §5.4).
-    pub fn dry_run(&self, action: &'static str, result: &'static str, policy: String) {
+    pub fn dry_run(&self, count: DryRunCount) {
         self.dry_run
-            .get_or_create(&DryRunLabels {
-                reporter: "waypoint",
-                authz_dry_run_action: action,
-                authz_dry_run_result: result,
-                policy,
-            })
+            .get_or_create(&DryRunLabels::of("waypoint", count))
             .inc();
     }
 

@@ -19,8 +19,7 @@ use mesh::hbone::Baggage;
 use mesh::hbone::headers::connect_headers;
 use mesh::identity::SpiffeId;
 use mesh::policy::{
-    AllowSetOutcome, ConnectionAttrs, DenyReason, DryRunReport, RequestAttrs, RequestAuth, Verdict,
-    evaluate_request,
+    ConnectionAttrs, DenyReason, DryRunReport, RequestAttrs, RequestAuth, Verdict, evaluate_request,
 };
 use mesh::state::{Service, Workload};
 use opentelemetry::KeyValue;
@@ -109,8 +108,13 @@ pub async fn handle(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"));
-    let request_headers = metrics::header_bytes(request.headers())
-        + (method.as_str().len() + request.uri().to_string().len() + 12) as u64;
+    // The request line as it travels: method, path and query, version.
+    let target_len = request
+        .uri()
+        .path_and_query()
+        .map_or(1, |pq| pq.as_str().len());
+    let request_headers =
+        metrics::header_bytes(request.headers()) + (method.as_str().len() + target_len + 12) as u64;
     let request_body = Arc::new(AtomicU64::new(0));
     let span = down.inputs.traces.as_ref().map(|traces| {
         let host = request
@@ -411,10 +415,8 @@ impl Downstream {
 
     /// The dry-run record and counter, in ztunnel's words and with its rules (policy.md §5.4).
     fn report_dry_run(&self, report: &DryRunReport) {
-        let metrics = &self.inputs.metrics;
         for policy in &report.matched_denies {
             info!(%policy, "dry-run: deny policy match");
-            metrics.dry_run("deny", "denied", policy.to_string());
         }
         for policy in &report.matched_allows {
             info!(%policy, "dry-run: allow policy match");
@@ -422,18 +424,10 @@ impl Downstream {
         if report.no_allow_matched {
             info!("dry-run: no allow policies match");
         }
-        match &report.allow_set {
-            Some(AllowSetOutcome::Allowed(policy)) => {
-                metrics.dry_run("allow", "allowed", policy.to_string());
-            }
-            Some(AllowSetOutcome::Denied) => metrics.dry_run("allow", "denied", "none".to_owned()),
-            None => {}
+        for count in report.counts() {
+            self.inputs.metrics.dry_run(count);
         }
-        let (verdict, policy) = match &report.verdict {
-            Verdict::Allow => ("allow", "none".to_owned()),
-            Verdict::Deny(DenyReason::DeniedBy(policy)) => ("deny", policy.to_string()),
-            Verdict::Deny(DenyReason::NoAllowMatched { .. }) => ("deny", "none".to_owned()),
-        };
+        let (verdict, policy) = report.verdict.summary();
         info!(src = %self.source.ip(), dst = %self.target, policy, verdict, "dry-run verdict");
     }
 }

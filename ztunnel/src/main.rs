@@ -415,35 +415,19 @@ fn xds_client(
 
 /// The xDS node as upstream ztunnel describes itself (xds.md §1.3).
 fn xds_node(config: &Config) -> Node {
-    let id = format!(
-        "ztunnel~{ip}~{pod}.{ns}~{ns}.svc.cluster.local",
-        ip = config.instance_ip,
-        pod = config.pod_name,
-        ns = config.pod_namespace
-    );
-    let mut fields = std::collections::BTreeMap::new();
-    let string = |s: &str| prost_types::Value {
-        kind: Some(prost_types::value::Kind::StringValue(s.to_owned())),
-    };
-    for (key, value) in [
-        ("NAME", config.pod_name.as_str()),
-        ("NAMESPACE", config.pod_namespace.as_str()),
-        ("NODE_NAME", config.node_name.as_str()),
-        ("INSTANCE_IPS", config.instance_ip.as_str()),
-        ("CLUSTER_ID", config.cluster_id.as_str()),
-    ] {
-        fields.insert(key.to_owned(), string(value));
-    }
-    for (key, value) in std::env::vars() {
-        if let Some(key) = key.strip_prefix("ISTIO_META_") {
-            fields.insert(key.to_owned(), string(&value));
-        }
-    }
-    Node {
-        id,
-        metadata: Some(prost_types::Struct { fields }),
-        ..Node::default()
-    }
+    control::xds_node(
+        "ztunnel",
+        &config.instance_ip,
+        &config.pod_name,
+        &config.pod_namespace,
+        &[
+            ("NAME", config.pod_name.as_str()),
+            ("NAMESPACE", config.pod_namespace.as_str()),
+            ("NODE_NAME", config.node_name.as_str()),
+            ("INSTANCE_IPS", config.instance_ip.as_str()),
+            ("CLUSTER_ID", config.cluster_id.as_str()),
+        ],
+    )
 }
 
 /// Where workload certificates come from: the CA at `CA_ADDRESS` (istiod's protocol), else the

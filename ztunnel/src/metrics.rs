@@ -6,6 +6,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use mesh::telemetry::metrics::DryRunLabels;
 use mesh::xds::XdsMetrics;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -161,15 +162,6 @@ impl TrafficLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ReporterLabel {
     pub reporter: &'static str,
-}
-
-/// Labels of `istio_authz_dry_run_total` (policy.md §5.4).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct DryRunLabels {
-    pub reporter: &'static str,
-    pub authz_dry_run_action: &'static str,
-    pub authz_dry_run_result: &'static str,
-    pub policy: String,
 }
 
 /// The in-pod proxy manager's families.

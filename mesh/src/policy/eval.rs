@@ -50,6 +50,16 @@ impl Verdict {
     pub fn is_allow(&self) -> bool {
         matches!(self, Self::Allow)
     }
+
+    /// `("allow" | "deny", policy)` as the dry-run verdict line gives them: the DENY policy
+    /// that matched, else `none`.
+    pub fn summary(&self) -> (&'static str, String) {
+        match self {
+            Self::Allow => ("allow", "none".to_owned()),
+            Self::Deny(DenyReason::DeniedBy(policy)) => ("deny", policy.to_string()),
+            Self::Deny(DenyReason::NoAllowMatched { .. }) => ("deny", "none".to_owned()),
+        }
+    }
 }
 
 /// Why a connection is denied. `Display` gives the text upstream ztunnel logs after
@@ -124,6 +134,48 @@ pub struct DryRunReport {
     /// The decision over enforced and dry-run policies together: what would happen if the
     /// dry-run annotation were removed.
     pub verdict: Verdict,
+}
+
+/// One increment of the dry-run counter (`istio_authz_dry_run_total`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DryRunCount {
+    /// `allow` or `deny`: which set.
+    pub action: &'static str,
+    /// `allowed` or `denied`.
+    pub result: &'static str,
+    /// The policy, or `none` when no dry-run ALLOW policy matched.
+    pub policy: String,
+}
+
+impl DryRunReport {
+    /// The increments this report makes (policy.md §5.4): one per matched dry-run DENY, and one
+    /// for the dry-run ALLOW set when it applied. Both proxies count by this, so their
+    /// counters agree.
+    pub fn counts(&self) -> Vec<DryRunCount> {
+        let mut counts: Vec<DryRunCount> = self
+            .matched_denies
+            .iter()
+            .map(|policy| DryRunCount {
+                action: "deny",
+                result: "denied",
+                policy: policy.to_string(),
+            })
+            .collect();
+        match &self.allow_set {
+            Some(AllowSetOutcome::Allowed(policy)) => counts.push(DryRunCount {
+                action: "allow",
+                result: "allowed",
+                policy: policy.to_string(),
+            }),
+            Some(AllowSetOutcome::Denied) => counts.push(DryRunCount {
+                action: "allow",
+                result: "denied",
+                policy: "none".to_owned(),
+            }),
+            None => {}
+        }
+        counts
+    }
 }
 
 /// The counter outcome of the dry-run ALLOW set.

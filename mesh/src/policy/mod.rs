@@ -21,8 +21,8 @@ mod fixtures;
 
 pub use error::{FieldPath, InvalidPolicy, Problem};
 pub use eval::{
-    AllowSetOutcome, Checked, ConnectionAttrs, Decision, DenyReason, DryRunReport, Verdict,
-    evaluate, evaluate_request,
+    AllowSetOutcome, Checked, ConnectionAttrs, Decision, DenyReason, DryRunCount, DryRunReport,
+    Verdict, evaluate, evaluate_request,
 };
 pub use local::LocalPolicy;
 pub use model::{

@@ -13,6 +13,32 @@ use prometheus_client::registry::Registry;
 
 use super::http::{Reply, text, with_type};
 
+/// Labels of `istio_authz_dry_run_total` (policy.md §5.4; label names follow Envoy's dry-run
+/// stats), the same for ztunnel and the waypoint.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelSet)]
+pub struct DryRunLabels {
+    /// `destination` (ztunnel) or `waypoint`.
+    pub reporter: &'static str,
+    /// `allow` or `deny`.
+    pub authz_dry_run_action: &'static str,
+    /// `allowed` or `denied`.
+    pub authz_dry_run_result: &'static str,
+    /// `<namespace>/<name>`, or `none`.
+    pub policy: String,
+}
+
+impl DryRunLabels {
+    /// The labels of one increment, as `reporter` reports it.
+    pub fn of(reporter: &'static str, count: crate::policy::DryRunCount) -> Self {
+        Self {
+            reporter,
+            authz_dry_run_action: count.action,
+            authz_dry_run_result: count.result,
+            policy: count.policy,
+        }
+    }
+}
+
 /// The OpenMetrics content type, for scrapers that ask for it.
 const OPENMETRICS: &str = "application/openmetrics-text;charset=utf-8;version=1.0.0";
 /// The classic text content type (same body).

@@ -28,10 +28,7 @@ use std::time::Duration;
 use mesh::hbone::H2Settings;
 use mesh::hbone::pool::Pool;
 use mesh::identity::{CertStore, SpiffeId};
-use mesh::policy::{
-    AllowSetOutcome, ConnectionAttrs, Decision, DenyReason, DryRunReport, Verdict, applicable,
-    evaluate,
-};
+use mesh::policy::{ConnectionAttrs, Decision, DryRunReport, Verdict, applicable, evaluate};
 use prometheus_client::metrics::gauge::Gauge;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
@@ -42,8 +39,9 @@ use tracing::{info, warn};
 pub use error::ConnectionError;
 pub use scope::{EnrolledPod, Scope};
 
-use crate::metrics::{DryRunLabels, Metrics, ReporterLabel};
+use crate::metrics::{Metrics, ReporterLabel};
 use crate::state::{Directory, Snapshot, Workload};
+use mesh::telemetry::metrics::DryRunLabels;
 
 /// Longest a connect to an application or plain-TCP destination may take (upstream's value).
 pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -164,20 +162,8 @@ fn report_dry_run(
     attrs: &ConnectionAttrs,
     metrics: &Metrics,
 ) {
-    let count = |action, result, policy: String| {
-        metrics
-            .dry_run
-            .get_or_create(&DryRunLabels {
-                reporter: "destination",
-                authz_dry_run_action: action,
-                authz_dry_run_result: result,
-                policy,
-            })
-            .inc();
-    };
     for policy in &report.matched_denies {
         info!(workload = %workload.uid, %policy, "dry-run: deny policy match");
-        count("deny", "denied", policy.to_string());
     }
     for policy in &report.matched_allows {
         info!(workload = %workload.uid, %policy, "dry-run: allow policy match");
@@ -185,16 +171,13 @@ fn report_dry_run(
     if report.no_allow_matched {
         info!(workload = %workload.uid, "dry-run: no allow policies match");
     }
-    match &report.allow_set {
-        Some(AllowSetOutcome::Allowed(policy)) => count("allow", "allowed", policy.to_string()),
-        Some(AllowSetOutcome::Denied) => count("allow", "denied", "none".to_owned()),
-        None => {}
+    for count in report.counts() {
+        metrics
+            .dry_run
+            .get_or_create(&DryRunLabels::of("destination", count))
+            .inc();
     }
-    let (verdict, policy) = match &report.verdict {
-        Verdict::Allow => ("allow", "none".to_owned()),
-        Verdict::Deny(DenyReason::DeniedBy(policy)) => ("deny", policy.to_string()),
-        Verdict::Deny(DenyReason::NoAllowMatched { .. }) => ("deny", "none".to_owned()),
-    };
+    let (verdict, policy) = report.verdict.summary();
     info!(workload = %workload.uid, src = %attrs.source_ip, policy, verdict, "dry-run verdict");
 }
 

@@ -302,3 +302,43 @@ fn deny_reason_text() {
     assert!(Verdict::Allow.is_allow());
     assert!(!no_allow(&["a"]).is_allow());
 }
+
+#[test]
+fn dry_run_counts_follow_the_report() {
+    let report = DryRunReport {
+        matched_denies: vec![key("d1"), key("d2")],
+        matched_allows: vec![key("a1")],
+        allow_set: Some(AllowSetOutcome::Allowed(key("a1"))),
+        no_allow_matched: false,
+        verdict: denied_by("d1"),
+    };
+    let counts: Vec<(&str, &str, String)> = report
+        .counts()
+        .into_iter()
+        .map(|c| (c.action, c.result, c.policy))
+        .collect();
+    let name = |n: &str| key(n).to_string();
+    assert_eq!(
+        counts,
+        [
+            ("deny", "denied", name("d1")),
+            ("deny", "denied", name("d2")),
+            ("allow", "allowed", name("a1")),
+        ]
+    );
+    assert_eq!(report.verdict.summary(), ("deny", name("d1")));
+    let none_allowed = DryRunReport {
+        matched_denies: Vec::new(),
+        matched_allows: Vec::new(),
+        allow_set: Some(AllowSetOutcome::Denied),
+        no_allow_matched: true,
+        verdict: Verdict::Allow,
+    };
+    let counts: Vec<_> = none_allowed
+        .counts()
+        .into_iter()
+        .map(|c| (c.action, c.result, c.policy))
+        .collect();
+    assert_eq!(counts, [("allow", "denied", "none".to_owned())]);
+    assert_eq!(none_allowed.verdict.summary(), ("allow", "none".to_owned()));
+}
